@@ -1,0 +1,3 @@
+from nvr.cli import main
+
+main()

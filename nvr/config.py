@@ -1,0 +1,150 @@
+"""Settings: ``NVR_`` environment variables over an optional TOML file over defaults.
+
+Unknown keys are refused at start-up with the key named, in the file and in the environment alike: a misspelt
+``NVR_SEGMENT_SECONS`` must not silently record 60 s segments. Every field is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from nvr.errors import Kind, NvrError
+
+ENV_PREFIX = "NVR_"
+# Read by the loader itself, not a setting: where the TOML file is.
+CONFIG_ENV = "NVR_CONFIG"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nvr"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Holds the default database, the keys and the default volume, so every command finds the same state."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; unset means SQLite at ``<data_dir>/nvr.db``."""
+
+    volumes: list[Path] = Field(default_factory=list)
+    """Archive folders; unset means ``<data_dir>/volumes/default``. Each must carry this database's identity."""
+
+    segment_seconds: float = Field(default=60.0, ge=1.0, le=3600.0)
+    """Target segment length: a segment is cut at the first keyframe after this much media time."""
+
+    rtsp_transport: Literal["tcp", "udp", "http"] = "tcp"
+    rtsp_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Socket timeout of the RTSP input; a camera silent this long is a disconnect."""
+
+    reconnect_min_seconds: float = Field(default=1.0, gt=0, le=600)
+    reconnect_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    clock_step_threshold_seconds: float = Field(default=2.0, gt=0)
+    """A jump between camera time and server time larger than this is recorded as a clock step."""
+
+    volume_min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Critical mark: below this much free space the recorder stops writing to a volume and alarms."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+
+    demo_rtsp_port: int = Field(default=8554, ge=0, le=65535)
+    demo_cameras: int = Field(default=1, ge=1, le=256)
+    demo_width: int = Field(default=640, ge=64, le=3840)
+    demo_height: int = Field(default=360, ge=64, le=2160)
+    demo_fps: int = Field(default=25, ge=1, le=60)
+    demo_bitrate: int = Field(default=800_000, ge=50_000, le=50_000_000)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Settings:
+        if self.reconnect_max_seconds < self.reconnect_min_seconds:
+            raise ValueError("reconnect_max_seconds must not be below reconnect_min_seconds")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'nvr.db'}"
+
+    @property
+    def effective_volumes(self) -> list[Path]:
+        if self.volumes:
+            return [v.expanduser().absolute() for v in self.volumes]
+        return [self.data_dir / "volumes" / "default"]
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env files and no secrets dir: one place for files (the TOML), one for overrides (the environment).
+        return (init_settings, env_settings)
+
+
+def _unknown_env_keys(environ: dict[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {CONFIG_ENV}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def _format_validation(error: ValidationError, origin: str) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(settings)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown setting {key!r} in {origin}")
+        else:
+            parts.append(f"setting {key!r}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Load settings or raise ``NvrError(config_invalid)`` naming every bad key."""
+    unknown = _unknown_env_keys(dict(os.environ))
+    if unknown:
+        raise NvrError(
+            Kind.INVALID_ARGUMENT,
+            "config_invalid",
+            "unknown environment setting(s): " + ", ".join(unknown) + " (see docs/configuration.md)",
+        )
+    path = config_file or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    file_values: dict[str, Any] = {}
+    origin = "the environment"
+    if path is not None:
+        try:
+            file_values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise NvrError(Kind.INVALID_ARGUMENT, "config_invalid", f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise NvrError(Kind.INVALID_ARGUMENT, "config_invalid", f"config file {path}: {exc}") from None
+        origin = f"config file {path}"
+        # Init values outrank the environment in pydantic-settings; drop the file's keys the environment sets,
+        # so that an NVR_ variable overrides the file as operators expect.
+        overridden = {k[len(ENV_PREFIX) :].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
+        file_values = {k: v for k, v in file_values.items() if k.lower() not in overridden}
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        raise NvrError(Kind.INVALID_ARGUMENT, "config_invalid", _format_validation(exc, origin)) from None

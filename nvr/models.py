@@ -1,0 +1,149 @@
+"""The catalogue's tables (SQLAlchemy 2). Changed only through Alembic migrations in nvr/migrations.
+
+Times are UTC microseconds since the epoch in BigInteger columns (``*_us``); media durations are microseconds of
+stream time. Hashes and links are lowercase hex.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about this database; ``database_id`` ties volumes to it."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Camera(Base):
+    """One camera, one record. ``stream_url`` may hold credentials: never print it, use ``registry.redact_url``."""
+
+    __tablename__ = "cameras"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    stream_url: Mapped[str] = mapped_column(Text)
+    address: Mapped[str | None] = mapped_column(Text, nullable=True)
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    managing_unit: Mapped[str] = mapped_column(String(200))
+    installation_notes: Mapped[str | None] = mapped_column(Text, nullable=True)
+    share_class: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))
+    state_changed_us: Mapped[int] = mapped_column(BigInteger)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class CameraStateChange(Base):
+    """Every lifecycle transition, kept forever: when a camera was recording is evidence too."""
+
+    __tablename__ = "camera_state_changes"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    to_state: Mapped[str] = mapped_column(String(20))
+    at_us: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Volume(Base):
+    """An archive folder. The folder holds an identity file naming this id and the database's id."""
+
+    __tablename__ = "volumes"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class Segment(Base):
+    """A finished segment file. A row exists only for a file completely written, fsynced, renamed and hashed.
+
+    ``link`` = SHA-256(``prev_link`` ‖ canonical encoding of the row), see integrity.chain; ``seq`` counts from 1
+    per camera without holes, so a removed row shows as a missing number and a broken link.
+    """
+
+    __tablename__ = "segments"
+    __table_args__ = (
+        UniqueConstraint("camera_id", "seq", name="uq_segments_camera_seq"),
+        Index("ix_segments_camera_start", "camera_id", "start_us"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"))
+    rel_path: Mapped[str] = mapped_column(Text)
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    """Server wall clock when the segment's first packet arrived."""
+    end_us: Mapped[int] = mapped_column(BigInteger)
+    """``start_us`` plus the media duration: the stream's own clock measures length."""
+    media_duration_us: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    frames: Mapped[int] = mapped_column(Integer)
+    """Video frames (packets of the first video stream)."""
+    codecs: Mapped[str] = mapped_column(String(200))
+    clock_offset_us: Mapped[int] = mapped_column(BigInteger)
+    """Server wall clock minus camera media time at the segment's first packet."""
+    sha256: Mapped[str] = mapped_column(String(64))
+    prev_link: Mapped[str] = mapped_column(String(64))
+    link: Mapped[str] = mapped_column(String(64), unique=True)
+    recovered: Mapped[bool] = mapped_column(Boolean, default=False)
+    """True when start-up recovery cut this segment back from a file a crash left behind."""
+    created_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class Gap(Base):
+    """A span in which a camera that should have been recording was not (outage, error, full disk)."""
+
+    __tablename__ = "gaps"
+    __table_args__ = (Index("ix_gaps_camera_start", "camera_id", "start_us"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    end_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """None while the outage lasts."""
+    reason: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class CameraEvent(Base):
+    """Things worth knowing about a camera's recording that are not gaps: clock steps, recoveries, errors."""
+
+    __tablename__ = "camera_events"
+    __table_args__ = (Index("ix_camera_events_camera_at", "camera_id", "at_us"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
+    at_us: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class RecorderState(Base):
+    """What each camera's worker is doing now, so ``nvr status`` in another process can tell."""
+
+    __tablename__ = "recorder_state"
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    since_us: Mapped[int] = mapped_column(BigInteger)
+    heartbeat_us: Mapped[int] = mapped_column(BigInteger)
