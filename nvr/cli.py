@@ -1,0 +1,347 @@
+"""The ``nvr`` command line.
+
+Every command loads the same settings (``NVR_`` environment, optional TOML via ``--config`` or ``NVR_CONFIG``),
+so all of them find the same data folder, database and volumes. Errors print ``error: <code>: <message>`` on
+stderr and exit non-zero (2 for bad input, 1 for everything else); credentials never appear in any output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nvr.clock import iso
+from nvr.config import Settings, load_settings
+from nvr.errors import Kind, NvrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Evidence-grade NVR: record, keep, verify.")
+camera_app = typer.Typer(no_args_is_help=True, help="The camera registry.")
+volume_app = typer.Typer(no_args_is_help=True, help="Archive volumes.")
+segment_app = typer.Typer(no_args_is_help=True, help="Recorded segments.")
+app.add_typer(camera_app, name="camera")
+app.add_typer(volume_app, name="volume")
+app.add_typer(segment_app, name="segments")
+
+log = logging.getLogger("nvr")
+_state: dict[str, Any] = {}
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML settings file (or NVR_CONFIG).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@app.callback()
+def _main(config: ConfigOpt = None) -> None:
+    _state["config"] = config
+
+
+def _settings() -> Settings:
+    if "settings" not in _state:
+        _state["settings"] = load_settings(_state.get("config"))
+    return _state["settings"]
+
+
+def _runtime(migrate: bool = True):
+    from nvr.runtime import Runtime, setup_logging
+
+    s = _settings()
+    setup_logging(s.log_level)
+    return Runtime.open(s, migrate=migrate)
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        typer.echo(human)
+
+
+def main() -> None:
+    """Entry point: turn domain errors into a message and an exit code, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except NvrError as exc:
+        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
+        sys.exit(2 if exc.kind in (Kind.INVALID_ARGUMENT, Kind.NOT_FOUND, Kind.CONFLICT) else 1)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+# --- init and volumes ---------------------------------------------------------------------------------------
+@app.command()
+def init() -> None:
+    """Create the data folder, the database schema and the default volume."""
+    rt = _runtime()
+    rt.init_default_volume()
+    typer.echo(f"data folder {rt.settings.data_dir} ready (database id {rt.db.database_id()})")
+
+
+@volume_app.command("init")
+def volume_init(path: Path) -> None:
+    """Make an empty folder a volume of this database (writes its identity file)."""
+    from storage import volumes as vol
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        info = vol.init_volume(s, path, rt.db.database_id(), rt.clock.now_us())
+    typer.echo(f"volume {info.id} at {info.path}")
+
+
+@volume_app.command("list")
+def volume_list(as_json: JsonOpt = False) -> None:
+    """Volumes with their identity state, free space and bytes per camera."""
+    from sqlalchemy import select
+
+    from nvr.models import Volume
+    from storage import volumes as vol
+
+    rt = _runtime()
+    out = []
+    with rt.db.session() as s:
+        for v in s.scalars(select(Volume).order_by(Volume.path)):
+            path = Path(v.path)
+            try:
+                vol.check_volume(path, rt.db.database_id(), v.id)
+                identity, free = "ok", vol.free_bytes(path)
+            except NvrError as exc:
+                identity, free = exc.code, None
+            out.append({"id": v.id, "path": v.path, "identity": identity, "free_bytes": free,
+                        "configured": path in rt.settings.effective_volumes,
+                        "bytes_per_camera": vol.bytes_per_camera(s, v.id)})
+    lines = [f"{o['path']}  {o['identity']}  free={o['free_bytes']}  " +
+             " ".join(f"{c}={b}" for c, b in sorted(o["bytes_per_camera"].items())) for o in out]
+    _emit(out, as_json, "\n".join(lines) or "no volumes")
+
+
+# --- cameras ------------------------------------------------------------------------------------------------
+def _fields(name, url, unit, address, lat, lon, notes, share):
+    from nvr.registry import CameraFields
+
+    return CameraFields(name=name, stream_url=url, managing_unit=unit, address=address, latitude=lat,
+                        longitude=lon, installation_notes=notes, share_class=share)
+
+
+NameOpt = Annotated[str | None, typer.Option(help="Display name.")]
+UrlOpt = Annotated[str | None, typer.Option("--url", help="rtsp:// URL; may carry credentials, never printed.")]
+UnitOpt = Annotated[str | None, typer.Option("--unit", help="Managing unit.")]
+AddrOpt = Annotated[str | None, typer.Option(help="Street address.")]
+LatOpt = Annotated[float | None, typer.Option("--lat", help="Latitude.")]
+LonOpt = Annotated[float | None, typer.Option("--lon", help="Longitude.")]
+NotesOpt = Annotated[str | None, typer.Option("--notes", help="Installation notes.")]
+ShareOpt = Annotated[str | None, typer.Option("--share-class", help="unconditional | authorized | non_shared")]
+
+
+@camera_app.command("add")
+def camera_add(camera_id: str, name: NameOpt = None, url: UrlOpt = None, unit: UnitOpt = None,
+               address: AddrOpt = None, lat: LatOpt = None, lon: LonOpt = None, notes: NotesOpt = None,
+               share_class: ShareOpt = None,
+               activate: Annotated[bool, typer.Option(help="Start recording at once.")] = False,
+               as_json: JsonOpt = False) -> None:
+    """Register a camera (id: 20-digit GB/T 28181 code or a slug)."""
+    from nvr import registry
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        cam = registry.add(s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class),
+                           actor="cli", now_us=rt.clock.now_us())
+        if activate:
+            registry.transition(s, camera_id, "active", actor="cli", now_us=rt.clock.now_us())
+        view = registry.public_view(cam)
+    _emit(view, as_json, f"camera {view['id']} {view['state']}")
+
+
+@camera_app.command("list")
+def camera_list(state: Annotated[str | None, typer.Option(help="Only cameras in this state.")] = None,
+                as_json: JsonOpt = False) -> None:
+    """All cameras (stream URLs shown without credentials)."""
+    from nvr import registry
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        views = [registry.public_view(c) for c in registry.list_cameras(s, state)]
+    lines = [f"{v['id']:<24} {v['state']:<15} {v['share_class']:<14} {v['name']}  [{v['managing_unit']}]" for v in views]
+    _emit(views, as_json, "\n".join(lines) or "no cameras")
+
+
+@camera_app.command("show")
+def camera_show(camera_id: str, as_json: JsonOpt = False) -> None:
+    """One camera's record and its lifecycle history."""
+    from nvr import registry
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        view = registry.public_view(registry.get(s, camera_id))
+        view["history"] = [{"from": h.from_state, "to": h.to_state, "at": iso(h.at_us), "actor": h.actor,
+                            "reason": h.reason} for h in registry.history(s, camera_id)]
+    human = "\n".join(f"{k}: {v}" for k, v in view.items() if k != "history")
+    human += "\nhistory:\n" + "\n".join(f"  {h['at']} {h['from']} -> {h['to']} by {h['actor']}"
+                                        for h in view["history"])
+    _emit(view, as_json, human)
+
+
+@camera_app.command("update")
+def camera_update(camera_id: str, name: NameOpt = None, url: UrlOpt = None, unit: UnitOpt = None,
+                  address: AddrOpt = None, lat: LatOpt = None, lon: LonOpt = None, notes: NotesOpt = None,
+                  share_class: ShareOpt = None, as_json: JsonOpt = False) -> None:
+    """Change a camera's record (the id never changes)."""
+    from nvr import registry
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        view = registry.public_view(registry.update(
+            s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class), now_us=rt.clock.now_us()))
+    _emit(view, as_json, f"camera {camera_id} updated")
+
+
+def _transition(camera_id: str, to_state: str, reason: str | None) -> None:
+    from nvr import registry
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        cam = registry.transition(s, camera_id, to_state, actor="cli", now_us=rt.clock.now_us(), reason=reason)
+        typer.echo(f"camera {cam.id} {cam.state}")
+
+
+ReasonOpt = Annotated[str | None, typer.Option(help="Why (kept in the camera's history).")]
+
+
+@camera_app.command("activate")
+def camera_activate(camera_id: str, reason: ReasonOpt = None) -> None:
+    """Start recording the camera."""
+    _transition(camera_id, "active", reason)
+
+
+@camera_app.command("suspend")
+def camera_suspend(camera_id: str, reason: ReasonOpt = None) -> None:
+    """Stop recording for now; the camera can be activated again."""
+    _transition(camera_id, "suspended", reason)
+
+
+@camera_app.command("decommission")
+def camera_decommission(camera_id: str, reason: ReasonOpt = None) -> None:
+    """Stop recording for good; the record and all footage are kept."""
+    _transition(camera_id, "decommissioned", reason)
+
+
+# --- segments and status --------------------------------------------------------------------------------------
+@segment_app.command("list")
+def segments_list(camera: Annotated[str | None, typer.Option(help="Only this camera.")] = None,
+                  limit: Annotated[int, typer.Option(min=1)] = 50, as_json: JsonOpt = False) -> None:
+    """The newest segments with their hashes and chain links (paths relative to their volume)."""
+    from sqlalchemy import select
+
+    from nvr.models import Segment, Volume
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        q = select(Segment, Volume.path).join(Volume, Segment.volume_id == Volume.id)
+        if camera:
+            q = q.where(Segment.camera_id == camera)
+        rows = s.execute(q.order_by(Segment.start_us.desc(), Segment.id.desc()).limit(limit)).all()
+        out = [{"camera_id": r.camera_id, "seq": r.seq, "start": iso(r.start_us), "end": iso(r.end_us),
+                "start_us": r.start_us, "end_us": r.end_us, "bytes": r.bytes, "frames": r.frames,
+                "codecs": r.codecs, "sha256": r.sha256, "prev_link": r.prev_link, "link": r.link,
+                "recovered": r.recovered, "path": str(Path(vp) / r.rel_path)} for r, vp in rows]
+    lines = [f"{o['camera_id']} #{o['seq']} {o['start']} {o['bytes']:>10}B {o['sha256'][:16]}… {o['path']}"
+             for o in out]
+    _emit(out, as_json, "\n".join(lines) or "no segments")
+
+
+@app.command()
+def status(as_json: JsonOpt = False) -> None:
+    """Per camera: state, reason, last segment end, gaps and the share recorded in the last 24 h."""
+    from nvr.status import all_status
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        st = all_status(s, rt.clock.now_us())
+    human = []
+    for c in st:
+        share = "-" if c.recorded_share_24h is None else f"{c.recorded_share_24h * 100:.1f}%"
+        human.append(f"{c.camera_id:<24} {c.state:<12} last={c.last_segment_end or '-'} gaps24h={len(c.gaps_24h)} "
+                     f"recorded24h={share}" + (f"  ({c.reason})" if c.reason else ""))
+    _emit({"cameras": [c.as_dict() for c in st]}, as_json, "\n".join(human) or "no cameras")
+
+
+@app.command()
+def health() -> None:
+    """Exit 0 when the database answers and no active camera's recorder is offline (for container checks)."""
+    from nvr.status import all_status
+
+    rt = _runtime(migrate=False)
+    with rt.db.session() as s:
+        st = all_status(s, rt.clock.now_us(), include_inactive=False)
+    down = [c.camera_id for c in st if c.state == "offline"]
+    if down:
+        typer.echo(f"unhealthy: recorder offline for {', '.join(down)}", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok")
+
+
+# --- running ------------------------------------------------------------------------------------------------
+def _wait_for_signal() -> None:
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        pass
+
+
+@app.command()
+def record() -> None:
+    """Run the recorder only, in the foreground, until SIGINT/SIGTERM."""
+    from nvr.recorder.supervisor import Supervisor
+
+    rt = _runtime()
+    rt.init_default_volume()
+    sup = Supervisor(rt.recorder_context())
+    sup.start()
+    log.info("recorder running; %d camera(s)", len(sup.workers))
+    try:
+        _wait_for_signal()
+    finally:
+        sup.stop()
+
+
+@app.command()
+def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-in demo camera(s).")] = False) -> None:
+    """Run the server: the recorder (and, with --demo, simulated cameras it records)."""
+    from nvr.recorder.supervisor import Supervisor
+
+    rt = _runtime()
+    rt.init_default_volume()
+    demo_server = None
+    if demo:
+        from nvr.demo.service import start_demo
+
+        demo_server = start_demo(rt.settings, rt.db, rt.clock)
+    sup = Supervisor(rt.recorder_context())
+    sup.start()
+    log.info("server running; recording %d camera(s); data folder %s", len(sup.workers), rt.settings.data_dir)
+    try:
+        _wait_for_signal()
+    finally:
+        sup.stop()
+        if demo_server is not None:
+            demo_server.stop()
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Same as ``nvr serve --demo``: simulated RTSP cameras, registered and recorded."""
+    serve(demo=True)

@@ -1,0 +1,1 @@
+"""Recorder: a supervisor and one worker thread per active camera."""

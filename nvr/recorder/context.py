@@ -1,0 +1,115 @@
+"""What every camera worker shares: settings, database, clock, volumes and the status board."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from nvr.clock import Clock
+from nvr.config import Settings
+from nvr.db import Database
+from nvr.errors import Kind, NvrError
+from nvr.models import CameraEvent, Gap, RecorderState
+from storage import volumes as vol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RecorderContext:
+    settings: Settings
+    db: Database
+    clock: Clock
+    database_id: str
+    volumes: list[vol.VolumeInfo]
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def pick_volume(self) -> vol.VolumeInfo:
+        """The volume with the most free space above the critical mark, after checking its identity.
+
+        Raises ``volume_identity_*`` when a folder is not this database's volume (say, a disk not mounted) and
+        ``storage_full`` when every usable volume is below the critical mark: writing stops rather than breaking
+        the retention floor or filling a system disk.
+        """
+        best: tuple[int, vol.VolumeInfo] | None = None
+        problems = []
+        for v in self.volumes:
+            try:
+                vol.check_volume(v.path, self.database_id, v.id)
+                free = vol.free_bytes(v.path)
+            except NvrError as exc:
+                problems.append(exc)
+                continue
+            except OSError as exc:
+                problems.append(NvrError(Kind.UNAVAILABLE, "volume_unavailable", f"volume {v.path}: {exc}"))
+                continue
+            if free < self.settings.volume_min_free_bytes:
+                problems.append(NvrError(
+                    Kind.UNAVAILABLE, "storage_full",
+                    f"volume {v.path} has {free} bytes free, below the critical mark "
+                    f"{self.settings.volume_min_free_bytes}",
+                ))
+                continue
+            if best is None or free > best[0]:
+                best = (free, v)
+        if best is not None:
+            return best[1]
+        if any(p.code == "storage_full" for p in problems):
+            raise NvrError(Kind.UNAVAILABLE, "storage_full", "; ".join(p.message for p in problems))
+        if problems:
+            raise problems[0]
+        raise NvrError(Kind.UNAVAILABLE, "volume_unavailable", "no archive volume is configured")
+
+    # --- status board -------------------------------------------------------------------------------------
+    def set_state(self, camera_id: str, state: str, reason: str | None) -> None:
+        now = self.clock.now_us()
+        with self.db.session() as s:
+            row = s.get(RecorderState, camera_id)
+            if row is None:
+                s.add(RecorderState(camera_id=camera_id, state=state, reason=reason, since_us=now, heartbeat_us=now))
+            else:
+                if row.state != state:
+                    row.since_us = now
+                row.state, row.reason, row.heartbeat_us = state, reason, now
+
+    def heartbeat(self, camera_ids: list[str]) -> None:
+        if not camera_ids:
+            return
+        with self.db.session() as s:
+            s.execute(update(RecorderState).where(RecorderState.camera_id.in_(camera_ids))
+                      .values(heartbeat_us=self.clock.now_us()))
+
+    def event(self, camera_id: str, kind: str, detail: str) -> None:
+        with self.db.session() as s:
+            s.add(CameraEvent(camera_id=camera_id, at_us=self.clock.now_us(), kind=kind, detail=detail))
+
+    # --- gaps --------------------------------------------------------------------------------------------
+    def open_gap(self, camera_id: str, start_us: int, reason: str, detail: str | None) -> int:
+        """Record an outage as it begins (end unknown), so status shows it while it lasts."""
+        with self.db.session() as s:
+            existing = s.scalar(select(Gap).where(Gap.camera_id == camera_id, Gap.end_us.is_(None)))
+            if existing is not None:
+                existing.detail = detail
+                return existing.id
+            gap = Gap(camera_id=camera_id, start_us=start_us, end_us=None, reason=reason, detail=detail)
+            s.add(gap)
+            s.flush()
+            return gap.id
+
+    def close_gap(self, camera_id: str, end_us: int) -> None:
+        with self.db.session() as s:
+            for gap in s.scalars(select(Gap).where(Gap.camera_id == camera_id, Gap.end_us.is_(None))):
+                gap.end_us = max(end_us, gap.start_us)
+
+    def record_gap(self, camera_id: str, start_us: int, end_us: int, reason: str, detail: str | None) -> None:
+        with self.db.session() as s:
+            s.add(Gap(camera_id=camera_id, start_us=start_us, end_us=end_us, reason=reason, detail=detail))
+
+
+def volume_infos(db: Database, paths: list[Path]) -> list[vol.VolumeInfo]:
+    with db.session() as s:
+        return vol.configured_volumes(s, paths)

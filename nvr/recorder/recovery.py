@@ -1,0 +1,136 @@
+"""Start-up recovery: turn what a crash left into finished segments, or remove it, and say which.
+
+Every segment in progress has a journal (written and fsynced before the media file is created). For each journal:
+
+- a row already exists for its file → the crash came after the commit; only the journal is left to remove;
+- the final file exists without a row → the crash came between rename and commit; the file is complete: register;
+- the ``.partial`` file exists → cut it back to its last complete fragment (at most the GOP being built is
+  lost), fsync, rename, register it as a shorter segment marked ``recovered``; with no complete fragment, remove it;
+- nothing exists → remove the journal.
+
+The recorder also uses this after a failure mid-segment (disk full, stream error), so a camera fault never
+throws away the fragments already written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import av
+from sqlalchemy import select
+
+from integrity.hashing import sha256_file
+from nvr.models import Segment
+from nvr.recorder.context import RecorderContext
+from storage import catalog, fmp4, layout
+from storage.volumes import fsync_dir
+from storage.writer import Journal
+
+log = logging.getLogger(__name__)
+
+
+def probe(path: Path) -> tuple[int, int]:
+    """(video frames, media duration in µs) of a segment file, read from its packets without decoding."""
+    with av.open(str(path)) as c:
+        if not c.streams.video:
+            return 0, 0
+        v = c.streams.video[0]
+        frames = 0
+        first = last = None
+        last_dur = 0
+        for pkt in c.demux(v):
+            if pkt.size == 0 or pkt.dts is None:
+                continue
+            frames += 1
+            first = pkt.dts if first is None else min(first, pkt.dts)
+            last = pkt.dts if last is None else max(last, pkt.dts)
+            last_dur = pkt.duration or 0
+        if first is None or last is None:
+            return 0, 0
+        return frames, int((last + last_dur - first) * v.time_base * 1_000_000)
+
+
+def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
+    """Act on one journal; returns what was done ("registered", "recovered", "removed", "cleaned")."""
+    j = Journal.load(journal_path)
+    volume = next((v for v in ctx.volumes if v.id == j.volume_id), None)
+    if volume is None:
+        log.error("journal %s names volume %s, which is not configured; left alone", journal_path, j.volume_id)
+        return "skipped"
+    final = volume.path / j.rel_path
+    partial = final.with_name(final.name + layout.PARTIAL_SUFFIX)
+    with ctx.db.session() as s:
+        has_row = s.scalar(select(Segment.id).where(Segment.volume_id == volume.id, Segment.rel_path == j.rel_path))
+    outcome = "cleaned"
+    recovered = False
+    if has_row is None and not final.exists() and partial.exists():
+        try:
+            result = fmp4.truncate_to_complete(partial)
+        except fmp4.Fmp4Error as exc:
+            # Not what our muxer writes: keep it for a person to look at rather than delete possible evidence.
+            aside = partial.with_name(partial.name + ".corrupt")
+            os.rename(partial, aside)
+            log.error("recovery: %s is not a fragmented MP4 we can cut back (%s); moved to %s", partial, exc, aside)
+            result = None
+            outcome = "quarantined"
+        if result is None:
+            pass
+        elif result.action == "unusable":
+            partial.unlink()
+            fsync_dir(partial.parent)
+            log.warning("recovery: %s had no complete fragment; removed (%d bytes)", partial, result.original_size)
+            outcome = "removed"
+        else:
+            os.rename(partial, final)
+            fsync_dir(final.parent)
+            recovered = True
+            log.warning("recovery: %s cut back from %d to %d bytes (%d complete fragments kept)", final,
+                        result.original_size, result.new_size, result.fragments_kept)
+    if has_row is None and final.exists():
+        frames, duration_us = probe(final)
+        with ctx.db.session() as s:
+            row = catalog.register_segment(
+                s,
+                camera_id=j.camera_id,
+                volume_id=volume.id,
+                rel_path=j.rel_path,
+                start_us=j.start_us,
+                media_duration_us=duration_us,
+                size=final.stat().st_size,
+                frames=frames,
+                codecs=j.codecs,
+                clock_offset_us=j.clock_offset_us,
+                sha256=sha256_file(final),
+                recovered=recovered,
+                now_us=ctx.clock.now_us(),
+            )
+        outcome = "recovered" if recovered else "registered"
+        log.warning("recovery: registered %s as segment %d of camera %s (%d frames, %.3f s)%s", final, row.seq,
+                    j.camera_id, frames, duration_us / 1e6, " after cutting it back" if recovered else "")
+    journal_path.unlink(missing_ok=True)
+    fsync_dir(journal_path.parent)
+    return outcome
+
+
+def recover_all(ctx: RecorderContext) -> dict[str, int]:
+    """Recover every journal on every configured volume, oldest first, so each camera's chain stays in order."""
+    counts: dict[str, int] = {}
+    journals: list[tuple[int, Path]] = []
+    for v in ctx.volumes:
+        if not v.path.is_dir():
+            continue
+        for p in v.path.rglob("*" + layout.JOURNAL_SUFFIX):
+            if p.name.startswith("."):
+                continue
+            try:
+                journals.append((Journal.load(p).start_us, p))
+            except (ValueError, TypeError, OSError) as exc:
+                log.error("recovery: unreadable journal %s (%s); left alone", p, exc)
+    for _, p in sorted(journals):
+        outcome = recover_journal(ctx, p)
+        counts[outcome] = counts.get(outcome, 0) + 1
+    if counts:
+        log.warning("start-up recovery: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return counts

@@ -1,0 +1,357 @@
+"""One camera's recorder: connect, copy packets into segments without decoding, reconnect with backoff.
+
+Lifecycle of one connection (a "run"): open the RTSP input (TCP by default, socket timeout ``timeout`` in µs:
+``stimeout`` no longer exists and FFmpeg silently ignores unknown options), check the streams, then for every
+packet repair its timestamps and write it. The first segment of a run starts at the first video keyframe and is
+anchored to the server wall clock at that packet's arrival; each later segment of the run continues exactly
+where the previous one ended on the media clock, so a run is contiguous. ``demux()`` ending as at end of file is
+a disconnect (that is all FFmpeg reports when the server goes away). Every outage becomes a gap row.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+from nvr.errors import Kind, NvrError
+from nvr.recorder.context import RecorderContext
+from nvr.recorder.faults import CameraFault, classify
+from nvr.recorder.timestamps import StreamTimeline
+from nvr.registry import redact_url
+from storage import catalog
+from storage.volumes import free_bytes
+from storage.writer import SegmentWriter
+
+log = logging.getLogger(__name__)
+
+VIDEO_CODECS = ("h264", "hevc")
+MP4_AUDIO = ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac")
+# G.711 and raw PCM (common on cameras, mandatory in GB/T 28181) have no MP4 sample entry in FFmpeg; QuickTime
+# holds them with the same fragmented layout, so such cameras are recorded as .mov instead of losing audio.
+MOV_AUDIO = ("pcm_alaw", "pcm_mulaw", "pcm_s16be", "pcm_s16le")
+HEARTBEAT_S = 5.0
+# A run shorter than this does not reset the backoff: a camera that accepts and drops at once is still failing.
+STABLE_RUN_S = 30.0
+
+
+@dataclass
+class _Open:
+    writer: SegmentWriter
+    first_dts: int
+    """First video dts on the output timeline, in the video time base."""
+    first_media_us: int
+    frames: int = 0
+
+
+def _disk_full(exc: BaseException, seg: _Open, min_free: int) -> bool:
+    """ENOSPC may arrive wrapped by PyAV's I/O callback; the free space tells for sure."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if getattr(chain, "errno", None) == errno.ENOSPC:
+            return True
+        chain = chain.__cause__ or chain.__context__
+    try:
+        return free_bytes(seg.writer.volume.path) < max(min_free, 1)
+    except OSError:
+        return False
+
+
+def _annexb_parameter_sets(data: bytes, codec: str) -> bytes:
+    """The SPS/PPS (H.264) or VPS/SPS/PPS (H.265) NAL units of an Annex-B keyframe, as Annex-B extradata."""
+    wanted = {7, 8} if codec == "h264" else {32, 33, 34}
+    out = bytearray()
+    i, n = 0, len(data)
+    starts = []
+    while i < n - 3:
+        if data[i] == 0 and data[i + 1] == 0 and (data[i + 2] == 1 or (data[i + 2] == 0 and i + 3 < n and data[i + 3] == 1)):
+            sc = 3 if data[i + 2] == 1 else 4
+            starts.append((i, i + sc))
+            i += sc
+        else:
+            i += 1
+    for k, (_, payload) in enumerate(starts):
+        end = starts[k + 1][0] if k + 1 < len(starts) else n
+        if payload >= n:
+            continue
+        nal_type = data[payload] & 0x1F if codec == "h264" else (data[payload] >> 1) & 0x3F
+        if nal_type in wanted:
+            out += b"\x00\x00\x00\x01" + data[payload:end]
+    return bytes(out)
+
+
+class CameraWorker(threading.Thread):
+    def __init__(self, ctx: RecorderContext, camera_id: str, url: str) -> None:
+        super().__init__(name=f"rec-{camera_id}", daemon=True)
+        self.ctx = ctx
+        self.camera_id = camera_id
+        self.url = url
+        self.stop_event = threading.Event()
+        self.state = "reconnecting"
+        self.segments_written = 0
+        self.packets_written = 0
+        self.packets_dropped_before_keyframe = 0
+        self._segment: _Open | None = None
+        self._run_prev_end: int | None = None
+        self._gap_start_us: int | None = None
+        self._gap_open = False
+
+    # --- thread entry -------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        s = self.ctx.settings
+        backoff = s.reconnect_min_seconds
+        with self.ctx.db.session() as sess:
+            last = catalog.last_segment(sess, self.camera_id)
+            # Footage stopped at the last segment's end, whatever happened since (recorder down, suspended).
+            self._gap_start_us = last.end_us if last is not None else None
+        self._set_state("reconnecting", "connecting")
+        while not self.stop_event.is_set():
+            started = self.ctx.clock.monotonic_us()
+            try:
+                reason_code, reason = self._run_once()
+                state = "reconnecting"
+            except NvrError as exc:  # volumes: identity missing, storage full
+                reason_code, reason, state = exc.code, exc.message, "error"
+                log.error("camera %s: %s", self.camera_id, exc.message)
+                self.ctx.event(self.camera_id, exc.code, exc.message)
+            except Exception as exc:
+                reason_code, reason = classify(exc)
+                state = "reconnecting" if reason_code in ("disconnected", "timeout") else "error"
+                if reason_code == "internal_error":
+                    log.exception("camera %s: unexpected failure", self.camera_id)
+            self._close_segment()
+            if self.stop_event.is_set():
+                break
+            self._begin_outage(reason_code, reason)
+            self._set_state(state, f"{reason_code}: {reason}")
+            log.warning("camera %s %s (%s: %s); retrying in %.1fs", self.camera_id, state, reason_code, reason,
+                        backoff)
+            ran_s = (self.ctx.clock.monotonic_us() - started) / 1e6
+            if ran_s >= STABLE_RUN_S:
+                backoff = s.reconnect_min_seconds
+            if self.stop_event.wait(backoff):
+                break
+            backoff = min(backoff * 2, s.reconnect_max_seconds)
+        self._close_segment()
+        self._set_state("offline", "recorder stopped")
+
+    # --- one connection -----------------------------------------------------------------------------------
+    def _run_once(self) -> tuple[str, str]:
+        s = self.ctx.settings
+        timeout_us = int(s.rtsp_timeout_seconds * 1_000_000)
+        options = {"rtsp_transport": s.rtsp_transport, "timeout": str(timeout_us), "allowed_media_types": "video+audio"}
+        container = av.open(self.url, options=options, timeout=(s.rtsp_timeout_seconds, s.rtsp_timeout_seconds))
+        try:
+            return self._record(container)
+        finally:
+            container.close()
+
+    def _select_streams(self, container: av.container.InputContainer) -> tuple[av.stream.Stream, list, str]:
+        videos = [st for st in container.streams.video]
+        if not videos:
+            found = ", ".join(st.codec_context.name for st in container.streams) or "nothing"
+            raise CameraFault("no_video", f"the stream has no video track (found: {found})")
+        video = next((v for v in videos if v.codec_context.name in VIDEO_CODECS), None)
+        if video is None:
+            raise CameraFault(
+                "unsupported_codec",
+                f"video codec {videos[0].codec_context.name} is not supported (supported: {', '.join(VIDEO_CODECS)})",
+            )
+        kept = [st for st in videos if st.codec_context.name in VIDEO_CODECS]
+        fmt = "mp4"
+        for a in container.streams.audio:
+            name = a.codec_context.name
+            if name in MP4_AUDIO:
+                kept.append(a)
+            elif name in MOV_AUDIO:
+                kept.append(a)
+                fmt = "mov"
+            else:
+                msg = f"audio stream {a.index} ({name}) cannot be stored in MP4 or QuickTime; it is not recorded"
+                log.warning("camera %s: %s", self.camera_id, msg)
+                self.ctx.event(self.camera_id, "stream_dropped", msg)
+        return video, kept, fmt
+
+    def _record(self, container: av.container.InputContainer) -> tuple[str, str]:
+        s = self.ctx.settings
+        video, streams, fmt = self._select_streams(container)
+        codecs = ",".join(st.codec_context.name for st in streams)
+        vtb: Fraction = video.time_base
+        rate = video.average_rate or video.guessed_rate or 25
+        timelines: dict[int, StreamTimeline] = {}
+        for st in streams:
+            if st.type == "video":
+                nominal = int(round(1 / (float(rate) * float(st.time_base))))
+            else:
+                sr = st.codec_context.sample_rate or 8000
+                frame = st.codec_context.frame_size or 1024
+                nominal = int(round(frame / sr / float(st.time_base)))
+            timelines[st.index] = StreamTimeline(st.index, st.time_base, nominal, s.clock_step_threshold_seconds)
+        target = int(s.segment_seconds / float(vtb))
+        # Server wall clock minus media time, minimised over the run: FFmpeg's probing hands over the first
+        # second or so in a burst, so early packets "arrive" late; the smallest offset is the closest to capture.
+        run_offset: int | None = None
+        self._run_prev_end = None
+        last_video_end: int | None = None
+        wall_mono_ref = self.ctx.clock.now_us() - self.ctx.clock.monotonic_us()
+        extradata: dict[int, bytes] = {}
+        last_beat = self.ctx.clock.monotonic_us()
+        for pkt in container.demux(streams):
+            if self.stop_event.is_set():
+                break
+            if pkt.size == 0:  # flush packets at end of stream carry nothing
+                continue
+            mono = self.ctx.clock.monotonic_us()
+            wall = self.ctx.clock.now_us()
+            if mono - last_beat > HEARTBEAT_S * 1e6:
+                self.ctx.heartbeat([self.camera_id])
+                last_beat = mono
+            # A server clock step (NTP correction, manual change) shows as wall minus monotonic moving.
+            if abs((wall - mono) - wall_mono_ref) > s.clock_step_threshold_seconds * 1e6:
+                step = ((wall - mono) - wall_mono_ref) / 1e6
+                self.ctx.event(self.camera_id, "server_clock_step", f"server wall clock stepped by {step:+.3f} s")
+                log.warning("camera %s: server clock stepped by %+.3f s", self.camera_id, step)
+                wall_mono_ref = wall - mono
+                run_offset = None  # re-anchor to the corrected wall clock
+            idx = pkt.stream.index
+            pts, dts, jump = timelines[idx].fix(pkt.pts, pkt.dts, mono)
+            pkt.pts, pkt.dts = pts, dts
+            if jump is not None:
+                self.ctx.event(self.camera_id, "camera_timestamp_step",
+                               f"stream {jump.stream_index} timestamps jumped by {jump.jump_seconds:+.3f} s "
+                               "beyond the time that passed; timeline continued")
+            is_video = idx == video.index
+            if is_video:
+                media_us = int(dts * vtb * 1_000_000)
+                offset = wall - media_us
+                if run_offset is not None and offset - run_offset > s.clock_step_threshold_seconds * 1e6 * 4:
+                    # Arriving far later than the run's anchor says: the camera's clock runs slow or the link
+                    # stalled for long; re-anchor rather than let wall times drift from the truth.
+                    self.ctx.event(self.camera_id, "camera_clock_drift",
+                                   f"media clock behind server clock by {(offset - run_offset) / 1e6:.3f} s; "
+                                   "re-anchored")
+                    run_offset = offset
+                run_offset = offset if run_offset is None else min(run_offset, offset)
+            if is_video and pkt.is_keyframe:
+                if idx not in extradata and not video.codec_context.extradata:
+                    extradata[idx] = _annexb_parameter_sets(bytes(pkt), video.codec_context.name)
+                seg = self._segment
+                if seg is not None and s.volume_min_free_bytes and \
+                        free_bytes(seg.writer.volume.path) < s.volume_min_free_bytes:
+                    # Below the critical mark: close this segment cleanly at a GOP boundary, then stop writing.
+                    self._finish(seg, media_us - seg.first_media_us, run_offset)
+                    raise NvrError(Kind.UNAVAILABLE, "storage_full",
+                                   f"volume {seg.writer.volume.path} fell below the critical free-space mark "
+                                   f"({s.volume_min_free_bytes} bytes); recording stopped")
+                if seg is None or dts - seg.first_dts >= target:
+                    assert run_offset is not None
+                    start_us = media_us + run_offset
+                    if seg is not None:
+                        duration_us = media_us - seg.first_media_us
+                        self._finish(seg, duration_us, run_offset)
+                    writer = SegmentWriter(self.ctx.pick_volume(), self.camera_id, start_us, run_offset, streams,
+                                           codecs, extradata, container_format=fmt)
+                    self._segment = _Open(writer, dts, media_us)
+                    if seg is None:
+                        self._end_outage(start_us)
+                        self._set_state("recording", None)
+            seg = self._segment
+            if seg is None:
+                self.packets_dropped_before_keyframe += 1
+                continue
+            try:
+                seg.writer.write(pkt, idx)
+            except Exception as exc:
+                if _disk_full(exc, seg, s.volume_min_free_bytes):
+                    raise NvrError(Kind.UNAVAILABLE, "storage_full",
+                                   f"volume {seg.writer.volume.path} ran out of space while writing") from exc
+                raise
+            self.packets_written += 1
+            if is_video:
+                seg.frames += 1
+                last_video_end = dts + (pkt.duration or timelines[idx].nominal)
+        seg = self._segment
+        if seg is not None and last_video_end is not None and run_offset is not None:
+            self._segment = None
+            self._finish(seg, int(last_video_end * vtb * 1_000_000) - seg.first_media_us, run_offset)
+        if self.stop_event.is_set():
+            return "stopped", "recorder stopped"
+        return "disconnected", "the stream ended (camera closed the connection or went away)"
+
+    # --- segments -----------------------------------------------------------------------------------------
+    def _finish(self, seg: _Open, duration_us: int, run_offset: int) -> None:
+        """Finish the file and insert its row. Wall times come from the run's anchor (``run_offset``), which is
+        better than the journal's first guess; consecutive segments of a run therefore touch exactly."""
+        self._segment = None
+        start_us = seg.first_media_us + run_offset
+        if self._run_prev_end is not None and abs(start_us - self._run_prev_end) < 1_000_000:
+            # The anchor only ever moves earlier by jitter-sized amounts; keep the run's segments touching.
+            start_us = self._run_prev_end
+        done = seg.writer.finish()
+        with self.ctx.db.session() as sess:
+            catalog.register_segment(
+                sess,
+                camera_id=self.camera_id,
+                volume_id=seg.writer.volume.id,
+                rel_path=done.rel_path,
+                start_us=start_us,
+                media_duration_us=max(duration_us, 0),
+                size=done.bytes,
+                frames=seg.frames,
+                codecs=seg.writer.journal.codecs,
+                clock_offset_us=run_offset,
+                sha256=done.sha256,
+                recovered=False,
+                now_us=self.ctx.clock.now_us(),
+            )
+        seg.writer.remove_journal()
+        self._run_prev_end = start_us + max(duration_us, 0)
+        self.segments_written += 1
+        log.info("camera %s: segment %s (%d bytes, %d frames)", self.camera_id, done.rel_path, done.bytes, seg.frames)
+
+    def _close_segment(self) -> None:
+        """After a failure mid-segment: stop writing and let recovery keep every complete fragment."""
+        seg = self._segment
+        if seg is None:
+            return
+        self._segment = None
+        seg.writer.abort()
+        from nvr.recorder.recovery import (
+            recover_journal,  # late import: recovery imports this module's helpers
+        )
+
+        recover_journal(self.ctx, seg.writer.journal_path)
+
+    # --- outages and status ---------------------------------------------------------------------------------
+    def _begin_outage(self, code: str, reason: str) -> None:
+        if self._gap_open:
+            self.ctx.open_gap(self.camera_id, self._gap_start_us or self.ctx.clock.now_us(), code, reason)
+            return
+        with self.ctx.db.session() as sess:
+            last = catalog.last_segment(sess, self.camera_id)
+        start = last.end_us if last is not None else (self._gap_start_us or self.ctx.clock.now_us())
+        self.ctx.open_gap(self.camera_id, start, code, reason)
+        self._gap_open = True
+
+    def _end_outage(self, resumed_us: int) -> None:
+        if self._gap_open:
+            self.ctx.close_gap(self.camera_id, resumed_us)
+        elif self._gap_start_us is not None and resumed_us - self._gap_start_us > 1_000_000:
+            self.ctx.record_gap(self.camera_id, self._gap_start_us, resumed_us, "recorder_stopped",
+                                "no recorder was running for this camera")
+        self._gap_open = False
+        self._gap_start_us = None
+
+    def _set_state(self, state: str, reason: str | None) -> None:
+        self.state = state
+        self.ctx.set_state(self.camera_id, state, reason)
+
+    def __repr__(self) -> str:
+        return f"CameraWorker({self.camera_id}, {redact_url(self.url)}, {self.state})"

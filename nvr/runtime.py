@@ -1,0 +1,72 @@
+"""Putting the pieces together for a command: settings, logging, database, volumes, recorder context."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+
+from nvr.clock import Clock, SystemClock
+from nvr.config import Settings, load_settings
+from nvr.db import Database
+from nvr.recorder.context import RecorderContext, volume_infos
+from nvr.registry import redact_text
+from storage import volumes as vol
+
+
+class RedactingFilter(logging.Filter):
+    """Belt and braces: whatever a message says, URL credentials never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Migrations announce themselves at INFO on every start; only their problems matter to an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    clock: Clock
+
+    @classmethod
+    def open(cls, settings: Settings | None = None, clock: Clock | None = None, migrate: bool = True) -> Runtime:
+        settings = settings or load_settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        if migrate:
+            db.migrate()
+        else:
+            db.check_schema()
+        return cls(settings, db, clock or SystemClock())
+
+    def init_default_volume(self) -> None:
+        """The default volume (inside the data folder) is made on first use; configured ones never are."""
+        if self.settings.volumes:
+            return
+        path = self.settings.effective_volumes[0]
+        with self.db.session() as s:
+            if vol.read_identity(path) is None:
+                vol.init_volume(s, path, self.db.database_id(), self.clock.now_us())
+
+    def recorder_context(self) -> RecorderContext:
+        return RecorderContext(
+            settings=self.settings,
+            db=self.db,
+            clock=self.clock,
+            database_id=self.db.database_id(),
+            volumes=volume_infos(self.db, self.settings.effective_volumes),
+        )

@@ -1,0 +1,143 @@
+"""Writing one segment: fragmented MP4, hashed while written, finished in the crash-safe order.
+
+Order (docs/design/crash-safety.md): journal written and fsynced → media appended to ``.partial`` → muxer closed
+→ file fsynced → renamed to its final name → directory fsynced → (caller) row inserted in one transaction →
+journal removed. A crash anywhere leaves either a journal start-up recovery can act on, or a finished segment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from integrity.hashing import HashingWriter
+from storage import layout
+from storage.volumes import VolumeInfo, fsync_dir
+
+log = logging.getLogger(__name__)
+
+# One fragment per GOP, written as soon as the next keyframe arrives, nothing rewritten afterwards: a crash loses
+# at most the fragment being built, and the file can be hashed while it is written.
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+
+
+@dataclass(frozen=True)
+class FinishedFile:
+    rel_path: str
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Journal:
+    camera_id: str
+    volume_id: str
+    start_us: int
+    clock_offset_us: int
+    codecs: str
+    rel_path: str
+
+    def dump(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def load(cls, path: Path) -> Journal:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Muxes already-demuxed packets into one segment file. Not thread-safe: one per camera worker."""
+
+    def __init__(
+        self,
+        volume: VolumeInfo,
+        camera_id: str,
+        start_us: int,
+        clock_offset_us: int,
+        streams: list[av.stream.Stream],
+        codecs: str,
+        extradata: dict[int, bytes] | None = None,
+        container_format: str = "mp4",
+    ) -> None:
+        suffix = layout.SUFFIXES[container_format]
+        attempt = 0
+        while True:
+            stem = layout.stem_for(camera_id, start_us, attempt)
+            base = volume.path / str(stem)
+            self.final = base.with_name(base.name + suffix)
+            self.partial = base.with_name(base.name + suffix + layout.PARTIAL_SUFFIX)
+            self.journal_path = base.with_name(base.name + layout.JOURNAL_SUFFIX)
+            if not (self.final.exists() or self.partial.exists() or self.journal_path.exists()):
+                break
+            attempt += 1
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.volume = volume
+        self.journal = Journal(
+            camera_id=camera_id,
+            volume_id=volume.id,
+            start_us=start_us,
+            clock_offset_us=clock_offset_us,
+            codecs=codecs,
+            rel_path=str(self.final.relative_to(volume.path)),
+        )
+        _write_durably(self.journal_path, self.journal.dump())
+        fsync_dir(self.final.parent)
+        self._file = HashingWriter(self.partial)
+        self._out = av.open(self._file, "w", format=container_format, options={"movflags": MOVFLAGS, "flush_packets": "1"})
+        self._map: dict[int, av.stream.Stream] = {}
+        for s in streams:
+            o = self._out.add_stream_from_template(s)
+            if s.codec_context.name == "hevc":
+                # Apple players and browsers need hvc1 (parameter sets in the sample entry), not hev1.
+                o.codec_tag = "hvc1"
+            if extradata and s.index in extradata:
+                o.codec_context.extradata = extradata[s.index]
+            self._map[s.index] = o
+        self.packets = 0
+
+    def write(self, packet: av.Packet, source_index: int) -> None:
+        packet.stream = self._map[source_index]
+        self._out.mux_one(packet)
+        self.packets += 1
+
+    @property
+    def bytes_written(self) -> int:
+        return self._file.size
+
+    def finish(self) -> FinishedFile:
+        """Close, fsync, rename into place, fsync the directory. The caller then inserts the row."""
+        self._out.close()
+        self._file.fsync()
+        self._file.close()
+        os.rename(self.partial, self.final)
+        fsync_dir(self.final.parent)
+        return FinishedFile(self.journal.rel_path, self._file.hexdigest(), self._file.size)
+
+    def abort(self) -> None:
+        """Stop writing after a failure. Leaves the partial file and journal for recovery to cut back."""
+        try:
+            self._out.close()
+        except Exception as exc:  # the muxer may fail again on the same full disk; recovery handles the file
+            log.debug("closing muxer after failure: %s", exc)
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError as exc:
+            log.debug("closing file after failure: %s", exc)
+
+    def remove_journal(self) -> None:
+        self.journal_path.unlink(missing_ok=True)
