@@ -1,0 +1,5 @@
+import sys
+
+from nvr.demo.cli import main
+
+sys.exit(main())
