@@ -120,11 +120,21 @@ def volume_list(as_json: JsonOpt = False) -> None:
                 identity, free = "ok", vol.free_bytes(path)
             except NvrError as exc:
                 identity, free = exc.code, None
-            out.append({"id": v.id, "path": v.path, "identity": identity, "free_bytes": free,
-                        "configured": path in rt.settings.effective_volumes,
-                        "bytes_per_camera": vol.bytes_per_camera(s, v.id)})
-    lines = [f"{o['path']}  {o['identity']}  free={o['free_bytes']}  " +
-             " ".join(f"{c}={b}" for c, b in sorted(o["bytes_per_camera"].items())) for o in out]
+            out.append(
+                {
+                    "id": v.id,
+                    "path": v.path,
+                    "identity": identity,
+                    "free_bytes": free,
+                    "configured": path in rt.settings.effective_volumes,
+                    "bytes_per_camera": vol.bytes_per_camera(s, v.id),
+                }
+            )
+    lines = [
+        f"{o['path']}  {o['identity']}  free={o['free_bytes']}  "
+        + " ".join(f"{c}={b}" for c, b in sorted(o["bytes_per_camera"].items()))
+        for o in out
+    ]
     _emit(out, as_json, "\n".join(lines) or "no volumes")
 
 
@@ -132,8 +142,16 @@ def volume_list(as_json: JsonOpt = False) -> None:
 def _fields(name, url, unit, address, lat, lon, notes, share):
     from nvr.registry import CameraFields
 
-    return CameraFields(name=name, stream_url=url, managing_unit=unit, address=address, latitude=lat,
-                        longitude=lon, installation_notes=notes, share_class=share)
+    return CameraFields(
+        name=name,
+        stream_url=url,
+        managing_unit=unit,
+        address=address,
+        latitude=lat,
+        longitude=lon,
+        installation_notes=notes,
+        share_class=share,
+    )
 
 
 NameOpt = Annotated[str | None, typer.Option(help="Display name.")]
@@ -147,18 +165,31 @@ ShareOpt = Annotated[str | None, typer.Option("--share-class", help="uncondition
 
 
 @camera_app.command("add")
-def camera_add(camera_id: str, name: NameOpt = None, url: UrlOpt = None, unit: UnitOpt = None,
-               address: AddrOpt = None, lat: LatOpt = None, lon: LonOpt = None, notes: NotesOpt = None,
-               share_class: ShareOpt = None,
-               activate: Annotated[bool, typer.Option(help="Start recording at once.")] = False,
-               as_json: JsonOpt = False) -> None:
+def camera_add(
+    camera_id: str,
+    name: NameOpt = None,
+    url: UrlOpt = None,
+    unit: UnitOpt = None,
+    address: AddrOpt = None,
+    lat: LatOpt = None,
+    lon: LonOpt = None,
+    notes: NotesOpt = None,
+    share_class: ShareOpt = None,
+    activate: Annotated[bool, typer.Option(help="Start recording at once.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Register a camera (id: 20-digit GB/T 28181 code or a slug)."""
     from nvr import registry
 
     rt = _runtime()
     with rt.db.session() as s:
-        cam = registry.add(s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class),
-                           actor="cli", now_us=rt.clock.now_us())
+        cam = registry.add(
+            s,
+            camera_id,
+            _fields(name, url, unit, address, lat, lon, notes, share_class),
+            actor="cli",
+            now_us=rt.clock.now_us(),
+        )
         if activate:
             registry.transition(s, camera_id, "active", actor="cli", now_us=rt.clock.now_us())
         view = registry.public_view(cam)
@@ -166,15 +197,18 @@ def camera_add(camera_id: str, name: NameOpt = None, url: UrlOpt = None, unit: U
 
 
 @camera_app.command("list")
-def camera_list(state: Annotated[str | None, typer.Option(help="Only cameras in this state.")] = None,
-                as_json: JsonOpt = False) -> None:
+def camera_list(
+    state: Annotated[str | None, typer.Option(help="Only cameras in this state.")] = None, as_json: JsonOpt = False
+) -> None:
     """All cameras (stream URLs shown without credentials)."""
     from nvr import registry
 
     rt = _runtime()
     with rt.db.session() as s:
         views = [registry.public_view(c) for c in registry.list_cameras(s, state)]
-    lines = [f"{v['id']:<24} {v['state']:<15} {v['share_class']:<14} {v['name']}  [{v['managing_unit']}]" for v in views]
+    lines = [
+        f"{v['id']:<24} {v['state']:<15} {v['share_class']:<14} {v['name']}  [{v['managing_unit']}]" for v in views
+    ]
     _emit(views, as_json, "\n".join(lines) or "no cameras")
 
 
@@ -186,25 +220,40 @@ def camera_show(camera_id: str, as_json: JsonOpt = False) -> None:
     rt = _runtime()
     with rt.db.session() as s:
         view = registry.public_view(registry.get(s, camera_id))
-        view["history"] = [{"from": h.from_state, "to": h.to_state, "at": iso(h.at_us), "actor": h.actor,
-                            "reason": h.reason} for h in registry.history(s, camera_id)]
+        view["history"] = [
+            {"from": h.from_state, "to": h.to_state, "at": iso(h.at_us), "actor": h.actor, "reason": h.reason}
+            for h in registry.history(s, camera_id)
+        ]
     human = "\n".join(f"{k}: {v}" for k, v in view.items() if k != "history")
-    human += "\nhistory:\n" + "\n".join(f"  {h['at']} {h['from']} -> {h['to']} by {h['actor']}"
-                                        for h in view["history"])
+    human += "\nhistory:\n" + "\n".join(
+        f"  {h['at']} {h['from']} -> {h['to']} by {h['actor']}" for h in view["history"]
+    )
     _emit(view, as_json, human)
 
 
 @camera_app.command("update")
-def camera_update(camera_id: str, name: NameOpt = None, url: UrlOpt = None, unit: UnitOpt = None,
-                  address: AddrOpt = None, lat: LatOpt = None, lon: LonOpt = None, notes: NotesOpt = None,
-                  share_class: ShareOpt = None, as_json: JsonOpt = False) -> None:
+def camera_update(
+    camera_id: str,
+    name: NameOpt = None,
+    url: UrlOpt = None,
+    unit: UnitOpt = None,
+    address: AddrOpt = None,
+    lat: LatOpt = None,
+    lon: LonOpt = None,
+    notes: NotesOpt = None,
+    share_class: ShareOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Change a camera's record (the id never changes)."""
     from nvr import registry
 
     rt = _runtime()
     with rt.db.session() as s:
-        view = registry.public_view(registry.update(
-            s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class), now_us=rt.clock.now_us()))
+        view = registry.public_view(
+            registry.update(
+                s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class), now_us=rt.clock.now_us()
+            )
+        )
     _emit(view, as_json, f"camera {camera_id} updated")
 
 
@@ -240,8 +289,11 @@ def camera_decommission(camera_id: str, reason: ReasonOpt = None) -> None:
 
 # --- segments and status --------------------------------------------------------------------------------------
 @segment_app.command("list")
-def segments_list(camera: Annotated[str | None, typer.Option(help="Only this camera.")] = None,
-                  limit: Annotated[int, typer.Option(min=1)] = 50, as_json: JsonOpt = False) -> None:
+def segments_list(
+    camera: Annotated[str | None, typer.Option(help="Only this camera.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
     """The newest segments with their hashes and chain links (paths relative to their volume)."""
     from sqlalchemy import select
 
@@ -253,12 +305,28 @@ def segments_list(camera: Annotated[str | None, typer.Option(help="Only this cam
         if camera:
             q = q.where(Segment.camera_id == camera)
         rows = s.execute(q.order_by(Segment.start_us.desc(), Segment.id.desc()).limit(limit)).all()
-        out = [{"camera_id": r.camera_id, "seq": r.seq, "start": iso(r.start_us), "end": iso(r.end_us),
-                "start_us": r.start_us, "end_us": r.end_us, "bytes": r.bytes, "frames": r.frames,
-                "codecs": r.codecs, "sha256": r.sha256, "prev_link": r.prev_link, "link": r.link,
-                "recovered": r.recovered, "path": str(Path(vp) / r.rel_path)} for r, vp in rows]
-    lines = [f"{o['camera_id']} #{o['seq']} {o['start']} {o['bytes']:>10}B {o['sha256'][:16]}… {o['path']}"
-             for o in out]
+        out = [
+            {
+                "camera_id": r.camera_id,
+                "seq": r.seq,
+                "start": iso(r.start_us),
+                "end": iso(r.end_us),
+                "start_us": r.start_us,
+                "end_us": r.end_us,
+                "bytes": r.bytes,
+                "frames": r.frames,
+                "codecs": r.codecs,
+                "sha256": r.sha256,
+                "prev_link": r.prev_link,
+                "link": r.link,
+                "recovered": r.recovered,
+                "path": str(Path(vp) / r.rel_path),
+            }
+            for r, vp in rows
+        ]
+    lines = [
+        f"{o['camera_id']} #{o['seq']} {o['start']} {o['bytes']:>10}B {o['sha256'][:16]}… {o['path']}" for o in out
+    ]
     _emit(out, as_json, "\n".join(lines) or "no segments")
 
 
@@ -273,8 +341,10 @@ def status(as_json: JsonOpt = False) -> None:
     human = []
     for c in st:
         share = "-" if c.recorded_share_24h is None else f"{c.recorded_share_24h * 100:.1f}%"
-        human.append(f"{c.camera_id:<24} {c.state:<12} last={c.last_segment_end or '-'} gaps24h={len(c.gaps_24h)} "
-                     f"recorded24h={share}" + (f"  ({c.reason})" if c.reason else ""))
+        human.append(
+            f"{c.camera_id:<24} {c.state:<12} last={c.last_segment_end or '-'} gaps24h={len(c.gaps_24h)} "
+            f"recorded24h={share}" + (f"  ({c.reason})" if c.reason else "")
+        )
     _emit({"cameras": [c.as_dict() for c in st]}, as_json, "\n".join(human) or "no cameras")
 
 

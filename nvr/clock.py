@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Protocol
 
+from nvr.errors import Kind, NvrError
+
 US_PER_S = 1_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -71,7 +73,12 @@ def iso(us: int | None) -> str | None:
 
 def parse_iso(text: str) -> int:
     """Parse an ISO 8601 time; a time without a zone is refused, since guessing one silently shifts footage."""
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise NvrError(Kind.INVALID_ARGUMENT, "time_invalid", f"time {text!r} is not ISO 8601") from None
     if value.tzinfo is None:
-        raise ValueError(f"time {text!r} has no time zone; add Z or an offset such as +08:00")
+        raise NvrError(
+            Kind.INVALID_ARGUMENT, "time_invalid", f"time {text!r} has no time zone; add Z or an offset such as +08:00"
+        )
     return (value - _EPOCH) // dt.timedelta(microseconds=1)

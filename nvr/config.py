@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
 
+    demo_rtsp_host: str = "127.0.0.1"
+    """Where the demo cameras listen; 0.0.0.0 to reach them from outside a container."""
     demo_rtsp_port: int = Field(default=8554, ge=0, le=65535)
     demo_cameras: int = Field(default=1, ge=1, le=256)
     demo_width: int = Field(default=640, ge=64, le=3840)
@@ -70,6 +72,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @field_validator("demo_width", "demo_height")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError("must be even (H.264 4:2:0 frames have even sizes)")
+        return value
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Settings:

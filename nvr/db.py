@@ -97,7 +97,8 @@ class Database:
                 s.execute(select(Meta).limit(1))
             except Exception as exc:
                 raise NvrError(
-                    Kind.FAILED_PRECONDITION, "database_not_initialised",
+                    Kind.FAILED_PRECONDITION,
+                    "database_not_initialised",
                     f"database at {redact_db_url(self.url)} has no schema; run 'nvr init' ({exc.__class__.__name__})",
                 ) from None
 

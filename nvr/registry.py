@@ -31,6 +31,9 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 GB28181 = re.compile(r"[0-9]{20}")
 _SECRET_QUERY_KEYS = re.compile(r"(user|pass|pwd|token|auth|key|secret|sig)", re.IGNORECASE)
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&][^=&\s]*(?:user|pass|pwd|token|auth|key|secret|sig)[^=&\s]*=)[^&\s'\"]*", re.IGNORECASE
+)
 
 
 def redact_url(url: str) -> str:
@@ -45,15 +48,14 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(
-            f"{k}={'***' if _SECRET_QUERY_KEYS.search(k) else v}" for k, v in pairs
-        )
+        query = "&".join(f"{k}={'***' if _SECRET_QUERY_KEYS.search(k) else v}" for k, v in pairs)
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def redact_text(text: str) -> str:
     """Remove URL credentials from free text (an FFmpeg message, a log line)."""
-    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", text)
+    return _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
 
 
 def validate_id(camera_id: str) -> str:
@@ -62,13 +64,15 @@ def validate_id(camera_id: str) -> str:
     if camera_id.isdigit():
         # All digits but not 20 of them: a mistyped device code, not a slug.
         raise NvrError(
-            Kind.INVALID_ARGUMENT, "camera_id_invalid",
+            Kind.INVALID_ARGUMENT,
+            "camera_id_invalid",
             f"camera id {camera_id!r} is all digits but not 20 of them; GB/T 28181 device codes have 20 digits",
         )
     if SLUG.fullmatch(camera_id):
         return camera_id
     raise NvrError(
-        Kind.INVALID_ARGUMENT, "camera_id_invalid",
+        Kind.INVALID_ARGUMENT,
+        "camera_id_invalid",
         "camera id must be a 20-digit GB/T 28181 device code or a slug of lowercase letters, digits, '-' and '_' "
         "(at most 64, starting with a letter or digit)",
     )
@@ -82,7 +86,8 @@ def validate_url(url: str) -> str:
         raise NvrError(Kind.INVALID_ARGUMENT, "stream_url_invalid", "stream URL is not a valid URL") from None
     if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
         raise NvrError(
-            Kind.INVALID_ARGUMENT, "stream_url_invalid",
+            Kind.INVALID_ARGUMENT,
+            "stream_url_invalid",
             f"stream URL must be rtsp:// or rtsps:// with a host (got {redact_url(url)!r})",
         )
     if port is not None and not 0 < port < 65536:
@@ -134,7 +139,9 @@ def add(session: Session, camera_id: str, fields: CameraFields, *, actor: str, n
     validate_id(camera_id)
     missing = [n for n in ("name", "stream_url", "managing_unit") if getattr(fields, n) is None]
     if missing:
-        raise NvrError(Kind.INVALID_ARGUMENT, "camera_field_missing", f"missing required field(s): {', '.join(missing)}")
+        raise NvrError(
+            Kind.INVALID_ARGUMENT, "camera_field_missing", f"missing required field(s): {', '.join(missing)}"
+        )
     if (fields.latitude is None) != (fields.longitude is None):
         raise NvrError(Kind.INVALID_ARGUMENT, "location_invalid", "give latitude and longitude together")
     _validate_fields(fields)
@@ -157,8 +164,11 @@ def add(session: Session, camera_id: str, fields: CameraFields, *, actor: str, n
     )
     session.add(cam)
     session.flush()
-    session.add(CameraStateChange(camera_id=camera_id, from_state=None, to_state="registered", at_us=now_us,
-                                  actor=actor, reason=None))
+    session.add(
+        CameraStateChange(
+            camera_id=camera_id, from_state=None, to_state="registered", at_us=now_us, actor=actor, reason=None
+        )
+    )
     session.flush()
     return cam
 
@@ -166,8 +176,11 @@ def add(session: Session, camera_id: str, fields: CameraFields, *, actor: str, n
 def update(session: Session, camera_id: str, fields: CameraFields, *, now_us: int) -> Camera:
     cam = get(session, camera_id)
     if cam.state == "decommissioned":
-        raise NvrError(Kind.FAILED_PRECONDITION, "camera_decommissioned",
-                       f"camera {camera_id!r} is decommissioned; its record is kept as it was")
+        raise NvrError(
+            Kind.FAILED_PRECONDITION,
+            "camera_decommissioned",
+            f"camera {camera_id!r} is decommissioned; its record is kept as it was",
+        )
     _validate_fields(fields)
     changed = False
     for name, value in fields.__dict__.items():
@@ -180,17 +193,22 @@ def update(session: Session, camera_id: str, fields: CameraFields, *, now_us: in
     return cam
 
 
-def transition(session: Session, camera_id: str, to_state: str, *, actor: str, now_us: int,
-               reason: str | None = None) -> Camera:
+def transition(
+    session: Session, camera_id: str, to_state: str, *, actor: str, now_us: int, reason: str | None = None
+) -> Camera:
     cam = get(session, camera_id)
     if to_state not in TRANSITIONS[cam.state]:
         raise NvrError(
-            Kind.FAILED_PRECONDITION, "camera_state_invalid",
+            Kind.FAILED_PRECONDITION,
+            "camera_state_invalid",
             f"camera {camera_id!r} is {cam.state}; it cannot become {to_state}"
             + (f" (allowed: {', '.join(TRANSITIONS[cam.state])})" if TRANSITIONS[cam.state] else ""),
         )
-    session.add(CameraStateChange(camera_id=camera_id, from_state=cam.state, to_state=to_state, at_us=now_us,
-                                  actor=actor, reason=reason))
+    session.add(
+        CameraStateChange(
+            camera_id=camera_id, from_state=cam.state, to_state=to_state, at_us=now_us, actor=actor, reason=reason
+        )
+    )
     cam.state = to_state
     cam.state_changed_us = now_us
     cam.updated_us = now_us
@@ -206,9 +224,11 @@ def list_cameras(session: Session, state: str | None = None) -> list[Camera]:
 
 
 def history(session: Session, camera_id: str) -> list[CameraStateChange]:
-    return list(session.scalars(
-        select(CameraStateChange).where(CameraStateChange.camera_id == camera_id).order_by(CameraStateChange.id)
-    ))
+    return list(
+        session.scalars(
+            select(CameraStateChange).where(CameraStateChange.camera_id == camera_id).order_by(CameraStateChange.id)
+        )
+    )
 
 
 def public_view(cam: Camera) -> dict[str, Any]:

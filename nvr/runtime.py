@@ -17,11 +17,16 @@ from storage import volumes as vol
 class RedactingFilter(logging.Filter):
     """Belt and braces: whatever a message says, URL credentials never reach a log."""
 
+    _formatter = logging.Formatter()
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         clean = redact_text(msg)
         if clean != msg:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text when set: the traceback (which may quote a URL) is cleaned once here.
+            record.exc_text = redact_text(self._formatter.formatException(record.exc_info))
         return True
 
 

@@ -50,10 +50,13 @@ class CameraStatus:
 
 def _active_since(session: Session, camera_id: str, window_start: int) -> int | None:
     """When, within the window, the camera was first active: the share is measured from there."""
-    changes = list(session.execute(
-        select(CameraStateChange.to_state, CameraStateChange.at_us)
-        .where(CameraStateChange.camera_id == camera_id).order_by(CameraStateChange.id)
-    ))
+    changes = list(
+        session.execute(
+            select(CameraStateChange.to_state, CameraStateChange.at_us)
+            .where(CameraStateChange.camera_id == camera_id)
+            .order_by(CameraStateChange.id)
+        )
+    )
     active_from = None
     for to_state, at in changes:
         if to_state == "active" and active_from is None:
@@ -75,14 +78,20 @@ def camera_status(session: Session, cam: Camera, now_us: int) -> CameraStatus:
     else:
         state, reason, since = rs.state, rs.reason, rs.since_us
     last_end = session.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == cam.id))
-    segs = list(session.execute(
-        select(Segment.start_us, Segment.end_us)
-        .where(Segment.camera_id == cam.id, Segment.end_us > window_start, Segment.start_us < now_us)
-    ))
-    gaps = list(session.scalars(
-        select(Gap).where(Gap.camera_id == cam.id, or_(Gap.end_us.is_(None), Gap.end_us > window_start))
-        .order_by(Gap.start_us)
-    ))
+    segs = list(
+        session.execute(
+            select(Segment.start_us, Segment.end_us).where(
+                Segment.camera_id == cam.id, Segment.end_us > window_start, Segment.start_us < now_us
+            )
+        )
+    )
+    gaps = list(
+        session.scalars(
+            select(Gap)
+            .where(Gap.camera_id == cam.id, or_(Gap.end_us.is_(None), Gap.end_us > window_start))
+            .order_by(Gap.start_us)
+        )
+    )
     base = _active_since(session, cam.id, window_start)
     share = None
     if base is not None and now_us > base:

@@ -10,9 +10,7 @@ from nvr.models import Segment
 
 
 def last_segment(session: Session, camera_id: str) -> Segment | None:
-    return session.scalar(
-        select(Segment).where(Segment.camera_id == camera_id).order_by(Segment.seq.desc()).limit(1)
-    )
+    return session.scalar(select(Segment).where(Segment.camera_id == camera_id).order_by(Segment.seq.desc()).limit(1))
 
 
 def register_segment(

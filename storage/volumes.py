@@ -56,7 +56,8 @@ def init_volume(session: Session, path: Path, database_id: str, now_us: int) -> 
     if identity is not None:
         if identity.get("database_id") != database_id:
             raise NvrError(
-                Kind.CONFLICT, "volume_identity_foreign",
+                Kind.CONFLICT,
+                "volume_identity_foreign",
                 f"volume {path} belongs to another database ({identity.get('database_id')}); refusing to adopt it",
             )
         row = session.get(Volume, identity.get("volume_id"))
@@ -67,13 +68,15 @@ def init_volume(session: Session, path: Path, database_id: str, now_us: int) -> 
         return VolumeInfo(row.id, path)
     if path.exists() and any(path.iterdir()):
         raise NvrError(
-            Kind.FAILED_PRECONDITION, "volume_not_empty",
+            Kind.FAILED_PRECONDITION,
+            "volume_not_empty",
             f"{path} is not empty and has no volume identity; choose an empty folder",
         )
     path.mkdir(parents=True, exist_ok=True)
     if session.scalar(select(Volume).where(Volume.path == str(path))) is not None:
         raise NvrError(
-            Kind.UNAVAILABLE, "volume_identity_missing",
+            Kind.UNAVAILABLE,
+            "volume_identity_missing",
             f"volume {path} is registered but its identity file is gone (unmounted disk?); not re-initialising",
         )
     volume_id = str(uuid.uuid4())
@@ -95,19 +98,22 @@ def check_volume(path: Path, database_id: str, volume_id: str | None = None) -> 
     identity = read_identity(path) if path.is_dir() else None
     if identity is None:
         raise NvrError(
-            Kind.UNAVAILABLE, "volume_identity_missing",
+            Kind.UNAVAILABLE,
+            "volume_identity_missing",
             f"volume {path} has no identity file {IDENTITY_FILE} (not mounted, or never initialised with "
             f"'nvr volume init {path}'); refusing to write there",
         )
     if identity.get("format") != IDENTITY_FORMAT or identity.get("database_id") != database_id:
         raise NvrError(
-            Kind.UNAVAILABLE, "volume_identity_foreign",
+            Kind.UNAVAILABLE,
+            "volume_identity_foreign",
             f"volume {path} belongs to database {identity.get('database_id')}, not this one ({database_id}); "
             "refusing to write there",
         )
     if volume_id is not None and identity.get("volume_id") != volume_id:
         raise NvrError(
-            Kind.UNAVAILABLE, "volume_identity_foreign",
+            Kind.UNAVAILABLE,
+            "volume_identity_foreign",
             f"volume {path} carries volume id {identity.get('volume_id')}, expected {volume_id}",
         )
 
@@ -119,7 +125,8 @@ def configured_volumes(session: Session, paths: list[Path]) -> list[VolumeInfo]:
         row = session.scalar(select(Volume).where(Volume.path == str(p)))
         if row is None:
             raise NvrError(
-                Kind.UNAVAILABLE, "volume_not_registered",
+                Kind.UNAVAILABLE,
+                "volume_not_registered",
                 f"configured volume {p} is not a volume of this database; run 'nvr volume init {p}'",
             )
         out.append(VolumeInfo(row.id, Path(row.path)))

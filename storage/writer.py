@@ -50,6 +50,24 @@ class Journal:
         return cls(**json.loads(path.read_text(encoding="utf-8")))
 
 
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename that refuses to replace an existing file: a hard link fails on an existing name, atomically.
+
+    File systems without hard links fall back to check-then-rename (names are unique per camera and time, so
+    the window only matters if two writers shared a camera, which the catalogue's constraints already forbid).
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise FileExistsError(f"refusing to overwrite {dst}") from None
+    except OSError:
+        if dst.exists():
+            raise FileExistsError(f"refusing to overwrite {dst}") from None
+        os.rename(src, dst)
+        return
+    os.unlink(src)
+
+
 def _write_durably(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
@@ -97,7 +115,9 @@ class SegmentWriter:
         _write_durably(self.journal_path, self.journal.dump())
         fsync_dir(self.final.parent)
         self._file = HashingWriter(self.partial)
-        self._out = av.open(self._file, "w", format=container_format, options={"movflags": MOVFLAGS, "flush_packets": "1"})
+        self._out = av.open(
+            self._file, "w", format=container_format, options={"movflags": MOVFLAGS, "flush_packets": "1"}
+        )
         self._map: dict[int, av.stream.Stream] = {}
         for s in streams:
             o = self._out.add_stream_from_template(s)
@@ -123,7 +143,7 @@ class SegmentWriter:
         self._out.close()
         self._file.fsync()
         self._file.close()
-        os.rename(self.partial, self.final)
+        rename_noreplace(self.partial, self.final)
         fsync_dir(self.final.parent)
         return FinishedFile(self.journal.rel_path, self._file.hexdigest(), self._file.size)
 

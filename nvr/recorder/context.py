@@ -48,11 +48,14 @@ class RecorderContext:
                 problems.append(NvrError(Kind.UNAVAILABLE, "volume_unavailable", f"volume {v.path}: {exc}"))
                 continue
             if free < self.settings.volume_min_free_bytes:
-                problems.append(NvrError(
-                    Kind.UNAVAILABLE, "storage_full",
-                    f"volume {v.path} has {free} bytes free, below the critical mark "
-                    f"{self.settings.volume_min_free_bytes}",
-                ))
+                problems.append(
+                    NvrError(
+                        Kind.UNAVAILABLE,
+                        "storage_full",
+                        f"volume {v.path} has {free} bytes free, below the critical mark "
+                        f"{self.settings.volume_min_free_bytes}",
+                    )
+                )
                 continue
             if best is None or free > best[0]:
                 best = (free, v)
@@ -80,8 +83,11 @@ class RecorderContext:
         if not camera_ids:
             return
         with self.db.session() as s:
-            s.execute(update(RecorderState).where(RecorderState.camera_id.in_(camera_ids))
-                      .values(heartbeat_us=self.clock.now_us()))
+            s.execute(
+                update(RecorderState)
+                .where(RecorderState.camera_id.in_(camera_ids))
+                .values(heartbeat_us=self.clock.now_us())
+            )
 
     def event(self, camera_id: str, kind: str, detail: str) -> None:
         with self.db.session() as s:

@@ -26,7 +26,7 @@ from nvr.models import Segment
 from nvr.recorder.context import RecorderContext
 from storage import catalog, fmp4, layout
 from storage.volumes import fsync_dir
-from storage.writer import Journal
+from storage.writer import Journal, rename_noreplace
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,26 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
             log.warning("recovery: %s had no complete fragment; removed (%d bytes)", partial, result.original_size)
             outcome = "removed"
         else:
-            os.rename(partial, final)
+            # The muxer only writes whole fragments, so a kill between two of them leaves no torn bytes; only a
+            # closing mfra index shows the muxer finished. Without one the file is a crash remnant either way.
+            closed = result.action == "untouched" and fmp4.scan(partial).has_mfra
+            rename_noreplace(partial, final)
             fsync_dir(final.parent)
-            recovered = True
-            log.warning("recovery: %s cut back from %d to %d bytes (%d complete fragments kept)", final,
-                        result.original_size, result.new_size, result.fragments_kept)
+            recovered = not closed
+            if result.action == "truncated":
+                log.warning(
+                    "recovery: %s cut back from %d to %d bytes (%d complete fragments kept)",
+                    final,
+                    result.original_size,
+                    result.new_size,
+                    result.fragments_kept,
+                )
+            elif recovered:
+                log.warning(
+                    "recovery: %s ended at a fragment boundary; kept whole (%d fragments)", final, result.fragments_kept
+                )
+            else:
+                log.warning("recovery: %s was complete but not yet renamed; kept whole", final)
     if has_row is None and final.exists():
         frames, duration_us = probe(final)
         with ctx.db.session() as s:
@@ -107,8 +122,15 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
                 now_us=ctx.clock.now_us(),
             )
         outcome = "recovered" if recovered else "registered"
-        log.warning("recovery: registered %s as segment %d of camera %s (%d frames, %.3f s)%s", final, row.seq,
-                    j.camera_id, frames, duration_us / 1e6, " after cutting it back" if recovered else "")
+        log.warning(
+            "recovery: registered %s as segment %d of camera %s (%d frames, %.3f s)%s",
+            final,
+            row.seq,
+            j.camera_id,
+            frames,
+            duration_us / 1e6,
+            " after cutting it back" if recovered else "",
+        )
     journal_path.unlink(missing_ok=True)
     fsync_dir(journal_path.parent)
     return outcome
@@ -127,7 +149,19 @@ def recover_all(ctx: RecorderContext) -> dict[str, int]:
             try:
                 journals.append((Journal.load(p).start_us, p))
             except (ValueError, TypeError, OSError) as exc:
-                log.error("recovery: unreadable journal %s (%s); left alone", p, exc)
+                media = [m for m in p.parent.glob(p.stem + ".*") if m != p]
+                if media:
+                    log.error(
+                        "recovery: unreadable journal %s (%s) beside %s; left for a person to look at",
+                        p,
+                        exc,
+                        ", ".join(m.name for m in media),
+                    )
+                else:
+                    # Torn while being written (step 1): no media file was ever created for it.
+                    p.unlink()
+                    log.warning("recovery: removed torn journal %s with no media beside it", p)
+                    counts["removed_journal"] = counts.get("removed_journal", 0) + 1
     for _, p in sorted(journals):
         outcome = recover_journal(ctx, p)
         counts[outcome] = counts.get(outcome, 0) + 1

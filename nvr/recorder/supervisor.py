@@ -1,8 +1,8 @@
 """Runs one worker thread per active camera and keeps that set in step with the registry.
 
-PyAV releases the GIL while it demuxes and while FFmpeg writes, so threads (not processes) are enough: one per
-camera scaled linearly to 32 cameras on a 2-core machine (docs/performance.md), and a worker's memory is a few
-MB instead of a process's tens. Start-up recovery runs before any worker, so a camera's chain has one writer.
+PyAV releases the GIL while it demuxes and while FFmpeg writes, so threads (not processes) are enough, and a
+worker's memory is a few MB instead of a process's tens (figures in docs/performance.md). Start-up recovery runs
+before any worker, so a camera's chain has one writer.
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ class StreamTimeline:
         else:
             step_s = float((dts - self._last_in) * self.time_base)
             elapsed_s = (arrival_mono_us - (self._last_arrival_us or arrival_mono_us)) / 1e6
-            if step_s < -self.threshold or step_s - elapsed_s > self.threshold:
+            # Backwards by more than a frame is a new timeline (a duplicate or one-tick reorder is not): pushing
+            # later packets to "previous + 1" instead would squeeze real seconds of footage into a few ticks.
+            if dts - self._last_in < -self.nominal or step_s - elapsed_s > self.threshold:
                 assert self._last_out is not None
                 self._correction = self._last_out + self.nominal - dts
                 event = Discontinuity(self.index, step_s - elapsed_s)

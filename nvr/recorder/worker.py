@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from sqlalchemy import func, select
 
 from nvr.errors import Kind, NvrError
+from nvr.models import CameraStateChange
 from nvr.recorder.context import RecorderContext
 from nvr.recorder.faults import CameraFault, classify
 from nvr.recorder.timestamps import StreamTimeline
@@ -30,10 +32,10 @@ from storage.writer import SegmentWriter
 log = logging.getLogger(__name__)
 
 VIDEO_CODECS = ("h264", "hevc")
-MP4_AUDIO = ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac")
-# G.711 and raw PCM (common on cameras, mandatory in GB/T 28181) have no MP4 sample entry in FFmpeg; QuickTime
-# holds them with the same fragmented layout, so such cameras are recorded as .mov instead of losing audio.
-MOV_AUDIO = ("pcm_alaw", "pcm_mulaw", "pcm_s16be", "pcm_s16le")
+MP4_AUDIO = ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac", "pcm_s16le", "pcm_s16be")
+# G.711 (common on cameras, mandatory in GB/T 28181) has no MP4 sample entry in FFmpeg; QuickTime holds it with
+# the same fragmented layout, so such cameras are recorded as .mov instead of losing their audio.
+MOV_AUDIO = ("pcm_alaw", "pcm_mulaw")
 HEARTBEAT_S = 5.0
 # A run shorter than this does not reset the backoff: a camera that accepts and drops at once is still failing.
 STABLE_RUN_S = 30.0
@@ -46,6 +48,8 @@ class _Open:
     """First video dts on the output timeline, in the video time base."""
     first_media_us: int
     frames: int = 0
+    start_override: int | None = None
+    """Set when the server clock stepped mid-segment: the start as dated before the step."""
 
 
 def _disk_full(exc: BaseException, seg: _Open, min_free: int) -> bool:
@@ -68,7 +72,11 @@ def _annexb_parameter_sets(data: bytes, codec: str) -> bytes:
     i, n = 0, len(data)
     starts = []
     while i < n - 3:
-        if data[i] == 0 and data[i + 1] == 0 and (data[i + 2] == 1 or (data[i + 2] == 0 and i + 3 < n and data[i + 3] == 1)):
+        if (
+            data[i] == 0
+            and data[i + 1] == 0
+            and (data[i + 2] == 1 or (data[i + 2] == 0 and i + 3 < n and data[i + 3] == 1))
+        ):
             sc = 3 if data[i + 2] == 1 else 4
             starts.append((i, i + sc))
             i += sc
@@ -97,6 +105,7 @@ class CameraWorker(threading.Thread):
         self.packets_dropped_before_keyframe = 0
         self._segment: _Open | None = None
         self._run_prev_end: int | None = None
+        self._closing_outage = False
         self._gap_start_us: int | None = None
         self._gap_open = False
 
@@ -109,8 +118,15 @@ class CameraWorker(threading.Thread):
         backoff = s.reconnect_min_seconds
         with self.ctx.db.session() as sess:
             last = catalog.last_segment(sess, self.camera_id)
-            # Footage stopped at the last segment's end, whatever happened since (recorder down, suspended).
-            self._gap_start_us = last.end_us if last is not None else None
+            activated = sess.scalar(
+                select(func.max(CameraStateChange.at_us)).where(
+                    CameraStateChange.camera_id == self.camera_id, CameraStateChange.to_state == "active"
+                )
+            )
+        # Footage is missing from the last segment's end, or from the (re)activation if that came later: time
+        # the camera spent suspended was not meant to be recorded and is not an outage.
+        candidates = [t for t in (last.end_us if last is not None else None, activated) if t is not None]
+        self._gap_start_us = max(candidates) if candidates else None
         self._set_state("reconnecting", "connecting")
         while not self.stop_event.is_set():
             started = self.ctx.clock.monotonic_us()
@@ -131,8 +147,7 @@ class CameraWorker(threading.Thread):
                 break
             self._begin_outage(reason_code, reason)
             self._set_state(state, f"{reason_code}: {reason}")
-            log.warning("camera %s %s (%s: %s); retrying in %.1fs", self.camera_id, state, reason_code, reason,
-                        backoff)
+            log.warning("camera %s %s (%s: %s); retrying in %.1fs", self.camera_id, state, reason_code, reason, backoff)
             ran_s = (self.ctx.clock.monotonic_us() - started) / 1e6
             if ran_s >= STABLE_RUN_S:
                 backoff = s.reconnect_min_seconds
@@ -188,11 +203,11 @@ class CameraWorker(threading.Thread):
         timelines: dict[int, StreamTimeline] = {}
         for st in streams:
             if st.type == "video":
-                nominal = int(round(1 / (float(rate) * float(st.time_base))))
+                nominal = round(1 / (float(rate) * float(st.time_base)))
             else:
                 sr = st.codec_context.sample_rate or 8000
                 frame = st.codec_context.frame_size or 1024
-                nominal = int(round(frame / sr / float(st.time_base)))
+                nominal = round(frame / sr / float(st.time_base))
             timelines[st.index] = StreamTimeline(st.index, st.time_base, nominal, s.clock_step_threshold_seconds)
         target = int(s.segment_seconds / float(vtb))
         # Server wall clock minus media time, minimised over the run: FFmpeg's probing hands over the first
@@ -219,14 +234,19 @@ class CameraWorker(threading.Thread):
                 self.ctx.event(self.camera_id, "server_clock_step", f"server wall clock stepped by {step:+.3f} s")
                 log.warning("camera %s: server clock stepped by %+.3f s", self.camera_id, step)
                 wall_mono_ref = wall - mono
+                if self._segment is not None and run_offset is not None:
+                    self._segment.start_override = self._segment.first_media_us + run_offset
                 run_offset = None  # re-anchor to the corrected wall clock
             idx = pkt.stream.index
             pts, dts, jump = timelines[idx].fix(pkt.pts, pkt.dts, mono)
             pkt.pts, pkt.dts = pts, dts
             if jump is not None:
-                self.ctx.event(self.camera_id, "camera_timestamp_step",
-                               f"stream {jump.stream_index} timestamps jumped by {jump.jump_seconds:+.3f} s "
-                               "beyond the time that passed; timeline continued")
+                self.ctx.event(
+                    self.camera_id,
+                    "camera_timestamp_step",
+                    f"stream {jump.stream_index} timestamps jumped by {jump.jump_seconds:+.3f} s "
+                    "beyond the time that passed; timeline continued",
+                )
             is_video = idx == video.index
             if is_video:
                 media_us = int(dts * vtb * 1_000_000)
@@ -234,33 +254,50 @@ class CameraWorker(threading.Thread):
                 if run_offset is not None and offset - run_offset > s.clock_step_threshold_seconds * 1e6 * 4:
                     # Arriving far later than the run's anchor says: the camera's clock runs slow or the link
                     # stalled for long; re-anchor rather than let wall times drift from the truth.
-                    self.ctx.event(self.camera_id, "camera_clock_drift",
-                                   f"media clock behind server clock by {(offset - run_offset) / 1e6:.3f} s; "
-                                   "re-anchored")
+                    self.ctx.event(
+                        self.camera_id,
+                        "camera_clock_drift",
+                        f"media clock behind server clock by {(offset - run_offset) / 1e6:.3f} s; re-anchored",
+                    )
                     run_offset = offset
                 run_offset = offset if run_offset is None else min(run_offset, offset)
             if is_video and pkt.is_keyframe:
                 if idx not in extradata and not video.codec_context.extradata:
                     extradata[idx] = _annexb_parameter_sets(bytes(pkt), video.codec_context.name)
                 seg = self._segment
-                if seg is not None and s.volume_min_free_bytes and \
-                        free_bytes(seg.writer.volume.path) < s.volume_min_free_bytes:
+                if (
+                    seg is not None
+                    and s.volume_min_free_bytes
+                    and free_bytes(seg.writer.volume.path) < s.volume_min_free_bytes
+                ):
                     # Below the critical mark: close this segment cleanly at a GOP boundary, then stop writing.
                     self._finish(seg, media_us - seg.first_media_us, run_offset)
-                    raise NvrError(Kind.UNAVAILABLE, "storage_full",
-                                   f"volume {seg.writer.volume.path} fell below the critical free-space mark "
-                                   f"({s.volume_min_free_bytes} bytes); recording stopped")
+                    raise NvrError(
+                        Kind.UNAVAILABLE,
+                        "storage_full",
+                        f"volume {seg.writer.volume.path} fell below the critical free-space mark "
+                        f"({s.volume_min_free_bytes} bytes); recording stopped",
+                    )
                 if seg is None or dts - seg.first_dts >= target:
                     assert run_offset is not None
                     start_us = media_us + run_offset
                     if seg is not None:
                         duration_us = media_us - seg.first_media_us
                         self._finish(seg, duration_us, run_offset)
-                    writer = SegmentWriter(self.ctx.pick_volume(), self.camera_id, start_us, run_offset, streams,
-                                           codecs, extradata, container_format=fmt)
+                    writer = SegmentWriter(
+                        self.ctx.pick_volume(),
+                        self.camera_id,
+                        start_us,
+                        run_offset,
+                        streams,
+                        codecs,
+                        extradata,
+                        container_format=fmt,
+                    )
                     self._segment = _Open(writer, dts, media_us)
                     if seg is None:
-                        self._end_outage(start_us)
+                        # The gap closes when this segment's row fixes its start (see _finish).
+                        self._closing_outage = True
                         self._set_state("recording", None)
             seg = self._segment
             if seg is None:
@@ -270,8 +307,11 @@ class CameraWorker(threading.Thread):
                 seg.writer.write(pkt, idx)
             except Exception as exc:
                 if _disk_full(exc, seg, s.volume_min_free_bytes):
-                    raise NvrError(Kind.UNAVAILABLE, "storage_full",
-                                   f"volume {seg.writer.volume.path} ran out of space while writing") from exc
+                    raise NvrError(
+                        Kind.UNAVAILABLE,
+                        "storage_full",
+                        f"volume {seg.writer.volume.path} ran out of space while writing",
+                    ) from exc
                 raise
             self.packets_written += 1
             if is_video:
@@ -290,7 +330,7 @@ class CameraWorker(threading.Thread):
         """Finish the file and insert its row. Wall times come from the run's anchor (``run_offset``), which is
         better than the journal's first guess; consecutive segments of a run therefore touch exactly."""
         self._segment = None
-        start_us = seg.first_media_us + run_offset
+        start_us = seg.start_override if seg.start_override is not None else seg.first_media_us + run_offset
         if self._run_prev_end is not None and abs(start_us - self._run_prev_end) < 1_000_000:
             # The anchor only ever moves earlier by jitter-sized amounts; keep the run's segments touching.
             start_us = self._run_prev_end
@@ -312,6 +352,9 @@ class CameraWorker(threading.Thread):
                 now_us=self.ctx.clock.now_us(),
             )
         seg.writer.remove_journal()
+        if self._closing_outage:
+            self._closing_outage = False
+            self._end_outage(start_us)
         self._run_prev_end = start_us + max(duration_us, 0)
         self.segments_written += 1
         log.info("camera %s: segment %s (%d bytes, %d frames)", self.camera_id, done.rel_path, done.bytes, seg.frames)
@@ -344,8 +387,13 @@ class CameraWorker(threading.Thread):
         if self._gap_open:
             self.ctx.close_gap(self.camera_id, resumed_us)
         elif self._gap_start_us is not None and resumed_us - self._gap_start_us > 1_000_000:
-            self.ctx.record_gap(self.camera_id, self._gap_start_us, resumed_us, "recorder_stopped",
-                                "no recorder was running for this camera")
+            self.ctx.record_gap(
+                self.camera_id,
+                self._gap_start_us,
+                resumed_us,
+                "recorder_stopped",
+                "no recorder was running for this camera",
+            )
         self._gap_open = False
         self._gap_start_us = None
 
