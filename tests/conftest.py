@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from nvr.config import Settings
 from nvr.db import Database
+from nvr.recorder.supervisor import Supervisor
 from nvr.runtime import Runtime
 
 # Not NVR_-prefixed on purpose: the product refuses unknown NVR_ variables.
@@ -48,7 +49,7 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings_factory(tmp_path: Path, database_url: str):  # noqa: ANN201
+def settings_factory(tmp_path: Path, database_url: str):
     def make(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "data_dir": tmp_path / "data",
@@ -66,7 +67,7 @@ def settings_factory(tmp_path: Path, database_url: str):  # noqa: ANN201
 
 
 @pytest.fixture
-def runtime(settings_factory) -> Iterator[Runtime]:  # noqa: ANN001
+def runtime(settings_factory) -> Iterator[Runtime]:
     rt = Runtime.open(settings_factory())
     rt.init_default_volume()
     yield rt
@@ -84,3 +85,18 @@ def nvr_env(tmp_path: Path, database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
     env.update({"NVR_DATA_DIR": str(tmp_path / "data"), "NVR_DATABASE_URL": database_url})
     return env
+
+
+@pytest.fixture
+def supervisor_factory(runtime: Runtime) -> Iterator[Callable[[], Supervisor]]:
+    started: list[Supervisor] = []
+
+    def make() -> Supervisor:
+        sup = Supervisor(runtime.recorder_context(), sync_seconds=0.5)
+        sup.start()
+        started.append(sup)
+        return sup
+
+    yield make
+    for sup in started:
+        sup.stop()

@@ -7,12 +7,21 @@ ROOT = Path(__file__).resolve().parent.parent
 FOUNDATION = {"nvr.config", "nvr.clock", "nvr.errors", "nvr.db", "nvr.models", "nvr.registry", "nvr.status"}
 # module prefix -> prefixes it must not import
 FORBIDDEN = {
-    "nvr.foundation": ("storage", "integrity", "retention", "api", "nvr.recorder", "nvr.cli", "nvr.runtime",
-                       "nvr.demo"),
+    "nvr.foundation": (
+        "storage",
+        "integrity",
+        "retention",
+        "api",
+        "nvr.recorder",
+        "nvr.cli",
+        "nvr.runtime",
+        "nvr.demo",
+    ),
     "integrity": ("storage", "retention", "api", "nvr.recorder", "nvr.cli", "nvr.runtime", "nvr.demo"),
     "storage": ("retention", "api", "nvr.recorder", "nvr.cli", "nvr.runtime", "nvr.demo"),
     "retention": ("api", "nvr.recorder", "nvr.cli", "nvr.runtime", "nvr.demo"),
     "nvr.demo": ("api", "nvr.recorder", "nvr.cli", "storage", "retention", "integrity"),
+    "nvr.recorder": ("api", "nvr.cli", "nvr.runtime"),
 }
 
 
@@ -39,7 +48,7 @@ def _imports(path: Path) -> set[str]:
 def _layer(module: str) -> str | None:
     if module in FOUNDATION:
         return "nvr.foundation"
-    for prefix in ("integrity", "storage", "retention", "nvr.demo"):
+    for prefix in ("integrity", "storage", "retention", "nvr.demo", "nvr.recorder"):
         if module == prefix or module.startswith(prefix + "."):
             return prefix
     return None

@@ -5,9 +5,19 @@ def _rows(camera_id: str, n: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     prev = chain.genesis(camera_id)
     for i in range(1, n + 1):
-        r: dict[str, object] = {"camera_id": camera_id, "seq": i, "start_us": i * 10, "end_us": i * 10 + 10,
-                                "media_duration_us": 10, "bytes": 100 + i, "frames": 25, "codecs": "h264",
-                                "clock_offset_us": 0, "sha256": f"{i:064x}", "prev_link": prev}
+        r: dict[str, object] = {
+            "camera_id": camera_id,
+            "seq": i,
+            "start_us": i * 10,
+            "end_us": i * 10 + 10,
+            "media_duration_us": 10,
+            "bytes": 100 + i,
+            "frames": 25,
+            "codecs": "h264",
+            "clock_offset_us": 0,
+            "sha256": f"{i:064x}",
+            "prev_link": prev,
+        }
         r["link"] = chain.link(prev, r)
         prev = str(r["link"])
         rows.append(r)

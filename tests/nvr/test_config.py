@@ -18,7 +18,7 @@ def test_unknown_environment_key_is_named(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_unknown_and_invalid_file_keys_are_named(tmp_path: Path) -> None:
     cfg = tmp_path / "nvr.toml"
-    cfg.write_text('segment_seconds = 0.5\nretention_dayz = 3\n')
+    cfg.write_text("segment_seconds = 0.5\nretention_dayz = 3\n")
     with pytest.raises(NvrError) as err:
         load_settings(cfg)
     assert "retention_dayz" in err.value.message

@@ -1,3 +1,4 @@
+import itertools
 from fractions import Fraction
 
 from nvr.recorder.timestamps import StreamTimeline
@@ -19,7 +20,7 @@ def test_first_keyframe_without_timestamps_is_kept_and_placed_before_the_next() 
 def test_camera_restart_continues_the_timeline_and_is_reported() -> None:
     t = StreamTimeline(0, TB, FRAME, 2.0)
     outs = [t.fix(900_000 + i * FRAME, 900_000 + i * FRAME, i * 40_000)[1] for i in range(5)]
-    pts, dts, jump = t.fix(0, 0, 5 * 40_000)  # timestamps restart from zero
+    _pts, dts, jump = t.fix(0, 0, 5 * 40_000)  # timestamps restart from zero
     assert jump is not None and jump.jump_seconds < -2
     assert dts == outs[-1] + FRAME
     nxt = t.fix(FRAME, FRAME, 6 * 40_000)
@@ -40,5 +41,5 @@ def test_b_frames_keep_pts_after_dts_and_dts_strictly_increases() -> None:
     seq = [(7200, 0), (21600, 3600), (10800, 7200), (14400, 10800), (18000, 10800)]  # last dts duplicated
     out = [t.fix(p, d, i * 40_000) for i, (p, d) in enumerate(seq)]
     dts = [o[1] for o in out]
-    assert all(b > a for a, b in zip(dts, dts[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(dts))
     assert all(o[0] >= o[1] for o in out)
