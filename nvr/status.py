@@ -41,7 +41,8 @@ class CameraStatus:
     segments_24h: int
     gaps_24h: list[GapView] = field(default_factory=list)
     recorded_share_24h: float | None = None
-    """Recorded time over the part of the last 24 h in which the camera was active (None if it never was)."""
+    """Recorded time (finished segments, plus the one being written while recording) over the part of the last
+    24 h in which the camera was active (None if it never was)."""
     window_start: str | None = None
 
     def as_dict(self) -> dict:
@@ -78,13 +79,15 @@ def camera_status(session: Session, cam: Camera, now_us: int) -> CameraStatus:
     else:
         state, reason, since = rs.state, rs.reason, rs.since_us
     last_end = session.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == cam.id))
-    segs = list(
-        session.execute(
+    segs: list[tuple[int, int]] = [
+        (a, b)
+        for a, b in session.execute(
             select(Segment.start_us, Segment.end_us).where(
                 Segment.camera_id == cam.id, Segment.end_us > window_start, Segment.start_us < now_us
             )
         )
-    )
+    ]
+    n_segments = len(segs)
     gaps = list(
         session.scalars(
             select(Gap)
@@ -94,6 +97,10 @@ def camera_status(session: Session, cam: Camera, now_us: int) -> CameraStatus:
     )
     base = _active_since(session, cam.id, window_start)
     share = None
+    if state == "recording" and rs is not None:
+        # The segment being written is footage too (its fragments are on disk); count it up to now.
+        open_from = last_end if last_end is not None and last_end >= rs.since_us - 5_000_000 else rs.since_us
+        segs.append((open_from, now_us))
     if base is not None and now_us > base:
         # Union of recorded intervals clipped to [base, now]; segments of one run touch, so merge as we go.
         covered = 0
@@ -118,7 +125,7 @@ def camera_status(session: Session, cam: Camera, now_us: int) -> CameraStatus:
         reason=reason,
         since=iso(since),
         last_segment_end=iso(last_end),
-        segments_24h=len(segs),
+        segments_24h=n_segments,
         gaps_24h=[GapView(iso(g.start_us), iso(g.end_us), g.reason, g.detail) for g in gaps],
         recorded_share_24h=share,
         window_start=iso(base) if base is not None else None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,11 +41,21 @@ def _fill(mnt: Path, leave_free: int) -> None:
         os.fsync(f.fileno())
 
 
-def _runtime_on(settings_factory, mnt: Path, **kw: object) -> Runtime:
-    rt = Runtime.open(settings_factory(volumes=[mnt], **kw))
-    with rt.db.session() as s:
-        vol.init_volume(s, mnt, rt.db.database_id(), rt.clock.now_us())
-    return rt
+@pytest.fixture
+def runtime_on(settings_factory) -> Iterator[Callable[..., Runtime]]:
+    """A runtime whose only volume is the small file system; disposed after the test."""
+    made: list[Runtime] = []
+
+    def make(mnt: Path, **kw: object) -> Runtime:
+        rt = Runtime.open(settings_factory(volumes=[mnt], **kw))
+        made.append(rt)
+        with rt.db.session() as s:
+            vol.init_volume(s, mnt, rt.db.database_id(), rt.clock.now_us())
+        return rt
+
+    yield make
+    for rt in made:
+        rt.db.dispose()
 
 
 def _state(rt: Runtime, cam: str) -> tuple[str, str | None]:
@@ -61,10 +71,10 @@ def _check_finished_segments_intact(rt: Runtime, cam: str) -> list:
     return rows
 
 
-def test_out_of_space_keeps_written_fragments_and_alarms(settings_factory, small_fs, demo_server) -> None:
+def test_out_of_space_keeps_written_fragments_and_alarms(runtime_on, small_fs, demo_server) -> None:
     from nvr.recorder.supervisor import Supervisor
 
-    rt = _runtime_on(settings_factory, small_fs, segment_seconds=30, volume_min_free_bytes=0)
+    rt = runtime_on(small_fs, segment_seconds=30, volume_min_free_bytes=0)
     add_camera(rt, "cam1", demo_server.url("cam1"))
     _fill(small_fs, 150_000)  # a few seconds of the test pattern, then ENOSPC mid-segment
     sup = Supervisor(rt.recorder_context(), sync_seconds=0.5)
@@ -84,10 +94,10 @@ def test_out_of_space_keeps_written_fragments_and_alarms(settings_factory, small
         assert s.scalar(select(CameraEvent).where(CameraEvent.kind == "storage_full")) is not None
 
 
-def test_critical_mark_stops_writing_cleanly_before_the_disk_is_full(settings_factory, small_fs, demo_server) -> None:
+def test_critical_mark_stops_writing_cleanly_before_the_disk_is_full(runtime_on, small_fs, demo_server) -> None:
     from nvr.recorder.supervisor import Supervisor
 
-    rt = _runtime_on(settings_factory, small_fs, segment_seconds=30, volume_min_free_bytes=200_000)
+    rt = runtime_on(small_fs, segment_seconds=30, volume_min_free_bytes=200_000)
     add_camera(rt, "cam1", demo_server.url("cam1"))
     _fill(small_fs, 320_000)
     sup = Supervisor(rt.recorder_context(), sync_seconds=0.5)
