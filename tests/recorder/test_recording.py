@@ -74,7 +74,10 @@ def test_disconnect_becomes_a_gap_and_recording_resumes(runtime, demo_server, su
     assert g[0].reason in ("disconnected", "timeout", "stream_not_found", "unreachable")
 
 
-def test_unreachable_camera_is_in_error_and_others_keep_recording(runtime, demo_server, supervisor_factory) -> None:
+def test_unreachable_camera_is_in_error_and_others_keep_recording(
+    runtime, demo_server, supervisor_factory, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="nvr.recorder.worker")
     add_camera(runtime, "cam1", demo_server.url("cam1"))
     add_camera(runtime, "dead", "rtsp://127.0.0.1:9/stream")  # discard port: nothing listens
     supervisor_factory()
@@ -83,6 +86,8 @@ def test_unreachable_camera_is_in_error_and_others_keep_recording(runtime, demo_
     assert st.reason is not None and st.reason.startswith("unreachable")
     wait_for(lambda: len(segments(runtime, "cam1")) >= 2, 20, "the good camera to record")
     assert _status(runtime, "cam1").state == "recording"
+    retries = [r for r in caplog.records if "camera dead error" in r.getMessage() and "retrying" in r.getMessage()]
+    assert len(retries) >= 2, "an unreachable camera keeps being retried"
 
 
 def test_missing_stream_path_is_an_error_with_reason(runtime, demo_server, supervisor_factory) -> None:
