@@ -3,6 +3,7 @@ already being written; the offset between camera and server time is stored per s
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 from sqlalchemy import select
@@ -54,5 +55,5 @@ def test_server_clock_step_is_detected_and_footage_keeps_its_dates(runtime, demo
     assert all(r.end_us <= before_step + 5_000_000 for r in unstepped)
     # Offsets between camera media time and server time are stored, and they show the step.
     assert stepped[0].clock_offset_us - unstepped[0].clock_offset_us > 3590 * 1_000_000
-    for a, b in zip(stepped, stepped[1:], strict=False):
+    for a, b in itertools.pairwise(stepped):
         assert b.start_us == a.end_us
