@@ -22,7 +22,7 @@ USER 10001:10001
 WORKDIR /data
 # The database (SQLite by default), the default volume and the demo cache live here (docs/configuration.md).
 VOLUME /data
-# 8080: HTTP API (planned). 8554: demo RTSP server of `serve --demo` (it listens on 127.0.0.1 only for now).
+# 8080: HTTP API (planned). 8554: demo RTSP server of `serve --demo` (set NVR_DEMO_RTSP_HOST=0.0.0.0 to reach it).
 EXPOSE 8080 8554
 # Unhealthy when the database does not answer or an active camera has no working recorder.
 HEALTHCHECK --interval=30s --timeout=20s --start-period=60s --retries=3 CMD ["nvr", "health"]
