@@ -26,6 +26,10 @@ class StreamTimeline:
         self.time_base = time_base
         self.nominal = max(1, nominal_duration)
         self.threshold = step_threshold_s
+        # This runs for every packet of every camera: integer arithmetic only (Fraction costs microseconds).
+        self._tb_num = time_base.numerator
+        self._tb_den = time_base.denominator
+        self._threshold_us = int(step_threshold_s * 1_000_000)
         self._correction = 0
         self._last_in: int | None = None
         self._last_out: int | None = None
@@ -48,14 +52,14 @@ class StreamTimeline:
             if self._last_out is not None:
                 self._correction = self._last_out + self.nominal - dts
         else:
-            step_s = float((dts - self._last_in) * self.time_base)
-            elapsed_s = (arrival_mono_us - (self._last_arrival_us or arrival_mono_us)) / 1e6
+            step_us = (dts - self._last_in) * self._tb_num * 1_000_000 // self._tb_den
+            elapsed_us = arrival_mono_us - (self._last_arrival_us or arrival_mono_us)
             # Backwards by more than a frame is a new timeline (a duplicate or one-tick reorder is not): pushing
             # later packets to "previous + 1" instead would squeeze real seconds of footage into a few ticks.
-            if dts - self._last_in < -self.nominal or step_s - elapsed_s > self.threshold:
+            if dts - self._last_in < -self.nominal or step_us - elapsed_us > self._threshold_us:
                 assert self._last_out is not None
                 self._correction = self._last_out + self.nominal - dts
-                event = Discontinuity(self.index, step_s - elapsed_s)
+                event = Discontinuity(self.index, (step_us - elapsed_us) / 1e6)
         out_dts = dts + self._correction
         if self._last_out is not None and out_dts <= self._last_out:
             out_dts = self._last_out + 1

@@ -162,7 +162,9 @@ class CameraWorker(threading.Thread):
         s = self.ctx.settings
         timeout_us = int(s.rtsp_timeout_seconds * 1_000_000)
         options = {"rtsp_transport": s.rtsp_transport, "timeout": str(timeout_us), "allowed_media_types": "video+audio"}
-        container = av.open(self.url, options=options, timeout=(s.rtsp_timeout_seconds, s.rtsp_timeout_seconds))
+        # No PyAV ``timeout=``: its interrupt callback takes the GIL on every FFmpeg I/O poll, which at 64
+        # cameras cost more CPU than the remuxing itself. The RTSP ``timeout`` option bounds socket I/O instead.
+        container = av.open(self.url, options=options)
         try:
             return self._record(container)
         finally:
@@ -210,6 +212,12 @@ class CameraWorker(threading.Thread):
                 nominal = round(frame / sr / float(st.time_base))
             timelines[st.index] = StreamTimeline(st.index, st.time_base, nominal, s.clock_step_threshold_seconds)
         target = int(s.segment_seconds / float(vtb))
+        # Per-packet arithmetic in integers: media µs = dts * us_num // us_den.
+        us_num, us_den = vtb.numerator * 1_000_000, vtb.denominator
+        step_limit_us = int(s.clock_step_threshold_seconds * 1_000_000)
+        drift_limit_us = 4 * step_limit_us
+        clock = self.ctx.clock
+        stop = self.stop_event
         # Server wall clock minus media time, minimised over the run: FFmpeg's probing hands over the first
         # second or so in a burst, so early packets "arrive" late; the smallest offset is the closest to capture.
         run_offset: int | None = None
@@ -219,17 +227,17 @@ class CameraWorker(threading.Thread):
         extradata: dict[int, bytes] = {}
         last_beat = self.ctx.clock.monotonic_us()
         for pkt in container.demux(streams):
-            if self.stop_event.is_set():
+            if stop.is_set():
                 break
             if pkt.size == 0:  # flush packets at end of stream carry nothing
                 continue
-            mono = self.ctx.clock.monotonic_us()
-            wall = self.ctx.clock.now_us()
-            if mono - last_beat > HEARTBEAT_S * 1e6:
+            mono = clock.monotonic_us()
+            wall = clock.now_us()
+            if mono - last_beat > HEARTBEAT_S * 1_000_000:
                 self.ctx.heartbeat([self.camera_id])
                 last_beat = mono
             # A server clock step (NTP correction, manual change) shows as wall minus monotonic moving.
-            if abs((wall - mono) - wall_mono_ref) > s.clock_step_threshold_seconds * 1e6:
+            if abs((wall - mono) - wall_mono_ref) > step_limit_us:
                 step = ((wall - mono) - wall_mono_ref) / 1e6
                 self.ctx.event(self.camera_id, "server_clock_step", f"server wall clock stepped by {step:+.3f} s")
                 log.warning("camera %s: server clock stepped by %+.3f s", self.camera_id, step)
@@ -249,9 +257,9 @@ class CameraWorker(threading.Thread):
                 )
             is_video = idx == video.index
             if is_video:
-                media_us = int(dts * vtb * 1_000_000)
+                media_us = dts * us_num // us_den
                 offset = wall - media_us
-                if run_offset is not None and offset - run_offset > s.clock_step_threshold_seconds * 1e6 * 4:
+                if run_offset is not None and offset - run_offset > drift_limit_us:
                     # Arriving far later than the run's anchor says: the camera's clock runs slow or the link
                     # stalled for long; re-anchor rather than let wall times drift from the truth.
                     self.ctx.event(
@@ -317,10 +325,14 @@ class CameraWorker(threading.Thread):
             if is_video:
                 seg.frames += 1
                 last_video_end = dts + (pkt.duration or timelines[idx].nominal)
+        if self.stop_event.is_set():
+            # Hang up first: finishing the segment takes a moment, and the camera should not keep sending into a
+            # socket nobody reads any more.
+            container.close()
         seg = self._segment
         if seg is not None and last_video_end is not None and run_offset is not None:
             self._segment = None
-            self._finish(seg, int(last_video_end * vtb * 1_000_000) - seg.first_media_us, run_offset)
+            self._finish(seg, last_video_end * us_num // us_den - seg.first_media_us, run_offset)
         if self.stop_event.is_set():
             return "stopped", "recorder stopped"
         return "disconnected", "the stream ended (camera closed the connection or went away)"
