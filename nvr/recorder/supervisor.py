@@ -58,7 +58,9 @@ class Supervisor:
                 beat += self.sync_seconds
                 if beat >= HEARTBEAT_S:
                     beat = 0.0
-                    self.ctx.heartbeat(list(self.workers))
+                    # One transaction for every live worker: a per-camera heartbeat commit cost more CPU than
+                    # the camera's remuxing at 64 cameras (docs/performance.md).
+                    self.ctx.heartbeat([c for c, w in self.workers.items() if w.is_alive()])
             except Exception:
                 log.exception("supervisor sync failed; retrying")
 

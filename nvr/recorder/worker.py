@@ -15,6 +15,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 from sqlalchemy import func, select
@@ -27,7 +28,7 @@ from nvr.recorder.timestamps import StreamTimeline
 from nvr.registry import redact_url
 from storage import catalog
 from storage.volumes import free_bytes
-from storage.writer import SegmentWriter
+from storage.writer import FinishedFile, SegmentWriter
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class CameraWorker(threading.Thread):
         self._segment: _Open | None = None
         self._run_prev_end: int | None = None
         self._closing_outage = False
+        self._pending: list[Path] = []
+        """Journals of segments whose finish failed; registered before any later segment."""
         self._gap_start_us: int | None = None
         self._gap_open = False
 
@@ -142,11 +145,16 @@ class CameraWorker(threading.Thread):
                 state = "reconnecting" if reason_code in ("disconnected", "timeout") else "error"
                 if reason_code == "internal_error":
                     log.exception("camera %s: unexpected failure", self.camera_id)
-            self._close_segment()
-            if self.stop_event.is_set():
-                break
-            self._begin_outage(reason_code, reason)
-            self._set_state(state, f"{reason_code}: {reason}")
+            try:
+                self._close_segment()
+                if self.stop_event.is_set():
+                    break
+                self._begin_outage(reason_code, reason)
+                self._set_state(state, f"{reason_code}: {reason}")
+            except Exception:
+                # The database or the volume is failing too: keep the thread (and its pending journals) alive
+                # and try again after the backoff rather than dying and losing the order of the chain.
+                log.exception("camera %s: could not record the failure; retrying", self.camera_id)
             log.warning("camera %s %s (%s: %s); retrying in %.1fs", self.camera_id, state, reason_code, reason, backoff)
             ran_s = (self.ctx.clock.monotonic_us() - started) / 1e6
             if ran_s >= STABLE_RUN_S:
@@ -218,6 +226,7 @@ class CameraWorker(threading.Thread):
         drift_limit_us = 4 * step_limit_us
         clock = self.ctx.clock
         stop = self.stop_event
+        vidx = video.index
         # Server wall clock minus media time, minimised over the run: FFmpeg's probing hands over the first
         # second or so in a burst, so early packets "arrive" late; the smallest offset is the closest to capture.
         run_offset: int | None = None
@@ -225,7 +234,6 @@ class CameraWorker(threading.Thread):
         last_video_end: int | None = None
         wall_mono_ref = self.ctx.clock.now_us() - self.ctx.clock.monotonic_us()
         extradata: dict[int, bytes] = {}
-        last_beat = self.ctx.clock.monotonic_us()
         for pkt in container.demux(streams):
             if stop.is_set():
                 break
@@ -233,9 +241,6 @@ class CameraWorker(threading.Thread):
                 continue
             mono = clock.monotonic_us()
             wall = clock.now_us()
-            if mono - last_beat > HEARTBEAT_S * 1_000_000:
-                self.ctx.heartbeat([self.camera_id])
-                last_beat = mono
             # A server clock step (NTP correction, manual change) shows as wall minus monotonic moving.
             if abs((wall - mono) - wall_mono_ref) > step_limit_us:
                 step = ((wall - mono) - wall_mono_ref) / 1e6
@@ -245,7 +250,7 @@ class CameraWorker(threading.Thread):
                 if self._segment is not None and run_offset is not None:
                     self._segment.start_override = self._segment.first_media_us + run_offset
                 run_offset = None  # re-anchor to the corrected wall clock
-            idx = pkt.stream.index
+            idx = pkt.stream_index
             pts, dts, jump = timelines[idx].fix(pkt.pts, pkt.dts, mono)
             pkt.pts, pkt.dts = pts, dts
             if jump is not None:
@@ -255,7 +260,7 @@ class CameraWorker(threading.Thread):
                     f"stream {jump.stream_index} timestamps jumped by {jump.jump_seconds:+.3f} s "
                     "beyond the time that passed; timeline continued",
                 )
-            is_video = idx == video.index
+            is_video = idx == vidx
             if is_video:
                 media_us = dts * us_num // us_den
                 offset = wall - media_us
@@ -346,7 +351,27 @@ class CameraWorker(threading.Thread):
         if self._run_prev_end is not None and abs(start_us - self._run_prev_end) < 1_000_000:
             # The anchor only ever moves earlier by jitter-sized amounts; keep the run's segments touching.
             start_us = self._run_prev_end
-        done = seg.writer.finish()
+        try:
+            self._drain_pending()
+            done = seg.writer.finish()
+        except Exception:
+            seg.writer.abort()
+            self._pending.append(seg.writer.journal_path)
+            raise
+        try:
+            self._register(seg, done, start_us, duration_us, run_offset)
+        except Exception:
+            self._pending.append(seg.writer.journal_path)
+            raise
+        seg.writer.remove_journal()
+        if self._closing_outage:
+            self._closing_outage = False
+            self._end_outage(start_us)
+        self._run_prev_end = start_us + max(duration_us, 0)
+        self.segments_written += 1
+        log.info("camera %s: segment %s (%d bytes, %d frames)", self.camera_id, done.rel_path, done.bytes, seg.frames)
+
+    def _register(self, seg: _Open, done: FinishedFile, start_us: int, duration_us: int, run_offset: int) -> None:
         with self.ctx.db.session() as sess:
             catalog.register_segment(
                 sess,
@@ -363,13 +388,6 @@ class CameraWorker(threading.Thread):
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
             )
-        seg.writer.remove_journal()
-        if self._closing_outage:
-            self._closing_outage = False
-            self._end_outage(start_us)
-        self._run_prev_end = start_us + max(duration_us, 0)
-        self.segments_written += 1
-        log.info("camera %s: segment %s (%d bytes, %d frames)", self.camera_id, done.rel_path, done.bytes, seg.frames)
 
     def _close_segment(self) -> None:
         """After a failure mid-segment: stop writing and let recovery keep every complete fragment."""
@@ -378,11 +396,17 @@ class CameraWorker(threading.Thread):
             return
         self._segment = None
         seg.writer.abort()
-        from nvr.recorder.recovery import (
-            recover_journal,  # late import: recovery imports this module's helpers
-        )
+        self._pending.append(seg.writer.journal_path)
+        self._drain_pending()
 
-        recover_journal(self.ctx, seg.writer.journal_path)
+    def _drain_pending(self) -> None:
+        """Register, in order, segments whose finish failed (disk full at close, database away) before any later
+        one, so the chain's order stays the order of the footage."""
+        from nvr.recorder.recovery import recover_journal  # late: only needed on these failure paths
+
+        while self._pending:
+            recover_journal(self.ctx, self._pending[0])
+            self._pending.pop(0)
 
     # --- outages and status ---------------------------------------------------------------------------------
     def _begin_outage(self, code: str, reason: str) -> None:

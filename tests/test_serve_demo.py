@@ -1,0 +1,53 @@
+"""The README's first command: ``nvr serve --demo`` records the demo camera; ``nvr status --json`` says so."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.recording import sha256
+
+
+def _nvr_json(env: dict[str, str], *args: str) -> object:
+    r = subprocess.run(
+        [sys.executable, "-m", "nvr", *args, "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_serve_demo_records_and_status_says_recording(nvr_env: dict[str, str], tmp_path: Path) -> None:
+    env = dict(nvr_env, NVR_DEMO_RTSP_PORT="0", NVR_SEGMENT_SECONDS="2")
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "nvr", "serve", "--demo"], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        state = None
+        while time.monotonic() < deadline:
+            cams = _nvr_json(env, "status")["cameras"]  # type: ignore[index]
+            demo = [c for c in cams if c["camera_id"] == "demo-1"]
+            state = demo[0]["state"] if demo else None
+            if state == "recording" and demo[0]["segments_24h"] >= 1:
+                break
+            time.sleep(0.5)
+        assert state == "recording", (tmp_path / "serve.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        log.close()
+    assert code == 0
+    rows = _nvr_json(env, "segments", "list", "--camera", "demo-1")
+    assert rows
+    for r in rows:  # type: ignore[attr-defined]
+        assert sha256(Path(r["path"])) == r["sha256"]
+    volumes = _nvr_json(env, "volume", "list")
+    (vol,) = volumes  # type: ignore[misc]
+    assert vol["identity"] == "ok"
+    assert vol["free_bytes"] > 0
+    assert vol["bytes_per_camera"]["demo-1"] == sum(r["bytes"] for r in rows)  # type: ignore[attr-defined]
+    after = _nvr_json(env, "status")["cameras"][0]  # type: ignore[index]
+    assert after["state"] == "offline" and after["reason"] == "recorder stopped"
