@@ -7,12 +7,13 @@ back on error. Services call ``flush()`` when they need ids, never ``commit()``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,8 @@ from nvr.models import Meta
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Any fixed number: all nvr processes on one PostgreSQL database take this advisory lock to migrate.
+_MIGRATION_LOCK_KEY = 0x6E7672_0001
 
 
 def redact_db_url(url: str) -> str:
@@ -71,24 +74,48 @@ class Database:
             s.close()
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision (idempotent), then make sure the database has its identity."""
+        """Bring the schema to the newest revision and give the database its identity; idempotent.
+
+        Several commands may start at once on a new database (``nvr serve`` and ``nvr status`` beside it): the
+        migration and the identity are made under one lock (a PostgreSQL advisory lock, or a file lock beside the
+        SQLite file), so the second one finds the work done instead of failing on "table already exists".
+        """
         from alembic import command
         from alembic.config import Config
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with self._migration_lock(), self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        self.database_id()
+            if conn.execute(select(Meta.value).where(Meta.key == "database_id")).first() is None:
+                conn.execute(insert(Meta).values(key="database_id", value=str(uuid.uuid4())))
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+            yield
+            return
+        with open(str(parsed.database) + ".migrate.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def database_id(self) -> str:
-        """The id volumes carry to prove they belong to this database; made once, never changed."""
+        """The id volumes carry to prove they belong to this database; made once by ``migrate``, never changed."""
         with self.session() as s:
             row = s.get(Meta, "database_id")
             if row is None:
-                row = Meta(key="database_id", value=str(uuid.uuid4()))
-                s.add(row)
+                raise NvrError(
+                    Kind.FAILED_PRECONDITION,
+                    "database_not_initialised",
+                    f"database at {redact_db_url(self.url)} has no identity; run 'nvr init'",
+                )
             return row.value
 
     def check_schema(self) -> None:
