@@ -132,6 +132,8 @@ class DemoServer:
         self.port: int = hello["port"]
         self.mounts: list[str] = hello["mounts"]
         self.pattern: dict[str, Any] = hello["pattern"]
+        self.dropped_slow_clients = 0
+        self.dropped_before = 0
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -147,7 +149,9 @@ class DemoServer:
         assert self.proc.stdin is not None
         self.proc.stdin.write("stats\n")
         self.proc.stdin.flush()
-        return self._read()["mounts"]
+        payload = self._read()
+        self.dropped_slow_clients = int(payload.get("dropped_slow_clients", 0))
+        return payload["mounts"]
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
@@ -224,6 +228,11 @@ def measure(
     }
 
 
+def mark_dropped(server: DemoServer) -> None:
+    server.stats()
+    server.dropped_before = server.dropped_slow_clients
+
+
 def losses(
     server: DemoServer,
     before: dict[str, dict[str, int]],
@@ -256,6 +265,7 @@ def losses(
         "segments": sum(v["segments"] for v in values),
         "reconnects": sum(max(0, v["sessions"] - 1) for v in values),
         "cameras_without_recording": sum(1 for v in values if v["recorded"] == 0),
+        "server_dropped_slow_clients": server.dropped_slow_clients - server.dropped_before,
         "per_camera": per_camera,
     }
 
@@ -305,6 +315,7 @@ def run_nvr(server: DemoServer, args: argparse.Namespace, work: Path) -> dict[st
         stdout=subprocess.DEVNULL,
     )
     before = server.stats()
+    mark_dropped(server)
     log = open(work / "nvr-record.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([NVR, "record"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -386,6 +397,7 @@ def ffprobe_packets(path: Path) -> int | None:
 
 def run_ffmpeg(server: DemoServer, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     before = server.stats()
+    mark_dropped(server)
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     for mount in server.mounts:
@@ -482,29 +494,29 @@ def machine() -> dict[str, Any]:
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| cameras | recorder | CPU-s / stream-min | CPU % of a core | PSS MiB (end / peak) | RSS MiB (end) "
-        "| segments | frames sent | recorded | lost (max/cam) | holes | reconnects |"
+        "| segments | frames sent | recorded | lost (max/cam) | holes | reconnects | server dropped |"
     )
-    lines = [head, "|" + "|".join(["---"] * 12) + "|"]
+    lines = [head, "|" + "|".join(["---"] * 13) + "|"]
     for r in results:
         for name in ("nvr", "ffmpeg"):
             f = r.get(name)
             if f is None:
                 continue
             if "error" in f:
-                lines.append(f"| {r['cameras']} | {name} | error: {f['error']} |" + " |" * 10)
+                lines.append(f"| {r['cameras']} | {name} | error: {f['error']} |" + " |" * 11)
                 continue
             lines.append(
                 f"| {r['cameras']} | {name} | {f['cpu_s_per_stream_minute']:.3f} | {f['cpu_percent_of_one_core']:.1f} "
                 f"| {f['pss_mib_end']:.1f} / {f['pss_mib_peak']:.1f} | {f['rss_mib_end']:.1f} | {f['segments']} "
                 f"| {f['frames_sent']} | {f['frames_recorded']} "
                 f"| {f['frames_lost']} ({f['frames_lost_max_per_camera']}) "
-                f"| {f['holes']} | {f['reconnects']} |"
+                f"| {f['holes']} | {f['reconnects']} | {f['server_dropped_slow_clients']} |"
             )
         n, g = r.get("nvr"), r.get("ffmpeg")
         if n and g and "error" not in n and "error" not in g and g["pss_mib_end"]:
             lines.append(
                 f"| {r['cameras']} | nvr / ffmpeg | {n['cpu_s_per_stream_minute'] / g['cpu_s_per_stream_minute']:.2f}x "
-                f"| | {n['pss_mib_end'] / g['pss_mib_end']:.2f}x | | | | | | | |"
+                f"| | {n['pss_mib_end'] / g['pss_mib_end']:.2f}x | | | | | | | | |"
             )
     return "\n".join(lines)
 

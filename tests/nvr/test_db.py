@@ -17,7 +17,7 @@ def test_concurrent_first_starts_do_not_collide(nvr_env: dict[str, str]) -> None
         )
         for _ in range(4)
     ]
-    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     for out, err, code in results:
         assert code == 0, err
         assert '"cameras": []' in out
