@@ -7,7 +7,7 @@ beside a ``<start_us>.json`` journal written first, which start-up recovery need
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from nvr.clock import to_datetime
 
@@ -26,7 +26,3 @@ def stem_for(camera_id: str, start_us: int, attempt: int = 0) -> PurePosixPath:
     """A file is never overwritten: a second segment in the same microsecond (clock step back) gets ``-1``."""
     name = f"{start_us:016d}" + (f"-{attempt}" if attempt else "")
     return segment_dir(camera_id, start_us) / name
-
-
-def absolute(volume: Path, rel: str) -> Path:
-    return volume / rel

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -26,7 +25,6 @@ class RecorderContext:
     clock: Clock
     database_id: str
     volumes: list[vol.VolumeInfo]
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def pick_volume(self) -> vol.VolumeInfo:
         """The volume with the most free space above the critical mark, after checking its identity.
