@@ -41,8 +41,11 @@ def canonical(row: Mapping[str, object]) -> bytes:
     missing = [f for f in LINKED_FIELDS if f not in row]
     if missing:
         raise KeyError(f"row lacks linked field(s) {missing}")
-    body = {f: row[f] for f in LINKED_FIELDS}
-    body["v"] = CHAIN_VERSION
+    return canonical_json({**{f: row[f] for f in LINKED_FIELDS}, "v": CHAIN_VERSION})
+
+
+def canonical_json(body: Mapping[str, object]) -> bytes:
+    """Sorted keys, no spaces, ASCII only: reproducible with ``jq -cS`` and stable across Python versions."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 

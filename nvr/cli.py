@@ -28,6 +28,10 @@ segment_app = typer.Typer(no_args_is_help=True, help="Recorded segments.")
 app.add_typer(camera_app, name="camera")
 app.add_typer(volume_app, name="volume")
 app.add_typer(segment_app, name="segments")
+user_app = typer.Typer(no_args_is_help=True, help="Real-name users of the API.")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
+app.add_typer(user_app, name="user")
+app.add_typer(audit_app, name="audit")
 
 log = logging.getLogger("nvr")
 _state: dict[str, Any] = {}
@@ -390,7 +394,8 @@ def record() -> None:
 
 @app.command()
 def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-in demo camera(s).")] = False) -> None:
-    """Run the server: the recorder (and, with --demo, simulated cameras it records)."""
+    """Run the server: the recorder and the HTTP API (and, with --demo, simulated cameras it records)."""
+    from api.server import serve as serve_api
     from nvr.recorder.supervisor import Supervisor
 
     rt = _runtime()
@@ -403,15 +408,157 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
     sup = Supervisor(rt.recorder_context())
     sup.start()
     log.info("server running; recording %d camera(s); data folder %s", len(sup.workers), rt.settings.data_dir)
+    _hint_first_admin(rt)
     try:
-        _wait_for_signal()
+        serve_api(rt)
     finally:
         sup.stop()
         if demo_server is not None:
             demo_server.stop()
 
 
+@app.command("api")
+def api_cmd() -> None:
+    """Run the HTTP API only (no recorder), until SIGINT/SIGTERM."""
+    from api.server import serve as serve_api
+
+    rt = _runtime()
+    _hint_first_admin(rt)
+    serve_api(rt)
+
+
+def _hint_first_admin(rt: Any) -> None:
+    from sqlalchemy import func, select
+
+    from nvr.models import User
+
+    with rt.db.session() as s:
+        if not s.scalar(select(func.count()).select_from(User)):
+            log.warning(
+                "no users yet: create the first with 'nvr user create --role admin' (there is no default account)"
+            )
+
+
 @app.command("demo")
 def demo_cmd() -> None:
     """Same as ``nvr serve --demo``: simulated RTSP cameras, registered and recorded."""
     serve(demo=True)
+
+
+# --- users and the audit trail ------------------------------------------------------------------------------
+def _cli_actor() -> Any:
+    import getpass
+
+    from api.audit import Actor
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor(None, f"cli:{who}", None, None)
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = typer.prompt("password", hide_input=True)
+    second = typer.prompt("repeat password", hide_input=True)
+    if first != second:
+        raise NvrError(Kind.INVALID_ARGUMENT, "password_mismatch", "the two passwords differ")
+    return first
+
+
+@user_app.command("create")
+def user_create(
+    username: Annotated[str, typer.Option("--username", help="Login name: lowercase letters, digits, . _ -")],
+    full_name: Annotated[str, typer.Option("--name", help="Real name.")],
+    staff_number: Annotated[str, typer.Option("--staff-number", help="Staff (badge) number, unique.")],
+    unit: Annotated[str, typer.Option("--unit", help="Organisational unit.")],
+    role: Annotated[list[str], typer.Option("--role", help="admin|approver|officer|operator|auditor|viewer; repeat.")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user. There is no default account: this makes the first admin."""
+    from api import audit, people
+    from api.routes.auth import user_view
+
+    rt = _runtime()
+    password = _read_password(password_stdin)
+    with rt.db.session() as s:
+        u = people.create_user(
+            s,
+            username=username,
+            full_name=full_name,
+            staff_number=staff_number,
+            unit=unit,
+            roles=role,
+            password=password,
+            now_us=rt.clock.now_us(),
+        )
+        audit.record(
+            s,
+            rt.clock.now_us(),
+            _cli_actor(),
+            audit.CLI,
+            audit.Event("user.create", "ok", object_id=f"user:{u.id}", reason=f"roles={u.roles}"),
+        )
+        view = user_view(u)
+    _emit(view, as_json, f"created user {u.username} (id {u.id}, roles {u.roles})")
+
+
+@user_app.command("list")
+def user_list(as_json: JsonOpt = False) -> None:
+    from sqlalchemy import select
+
+    from api.routes.auth import user_view
+    from nvr.models import User
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        users = [user_view(u) for u in s.scalars(select(User).order_by(User.id))]
+    human = [f"{u['id']:>4} {u['username']:<20} {u['state']:<9} {','.join(u['roles']):<24} {u['unit']}" for u in users]
+    _emit({"users": users}, as_json, "\n".join(human) or "no users")
+
+
+def _user_state(username: str, state: str) -> None:
+    from api import audit, people
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        u = people.find_user(s, username)
+        people.set_state(s, u, state, rt.clock.now_us())
+        audit.record(
+            s,
+            rt.clock.now_us(),
+            _cli_actor(),
+            audit.CLI,
+            audit.Event("user.update", "ok", object_id=f"user:{u.id}", reason=f"state={state}"),
+        )
+    typer.echo(f"user {username} is {state}")
+
+
+@user_app.command("disable")
+def user_disable(username: str) -> None:
+    """Disable a user: their tokens and running streams stop at once."""
+    _user_state(username, "disabled")
+
+
+@user_app.command("enable")
+def user_enable(username: str) -> None:
+    _user_state(username, "active")
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonOpt = False) -> None:
+    """Recompute the audit chain; exit 1 naming the first event edited, removed or reordered."""
+    from api import audit
+
+    rt = _runtime(migrate=False)
+    with rt.db.session() as s:
+        checked, problem = audit.verify(s)
+    data = {"ok": problem is None, "checked": checked, "problem": None if problem is None else problem.__dict__}
+    if problem is None:
+        _emit(data, as_json, f"audit trail intact: {checked} event(s) verified")
+        return
+    _emit(data, as_json, f"AUDIT TRAIL BROKEN at {problem} ({checked} event(s) verified before it)")
+    raise typer.Exit(1)

@@ -58,6 +58,20 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
+    """Where ``nvr serve`` and ``nvr api`` listen. Loopback by default: put TLS in front before opening it up."""
+
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 7)
+    """Lifetime of a login session token."""
+    personal_token_max_days: int = Field(default=365, ge=1, le=365)
+    """Longest lifetime a personal API token may be given."""
+    playback_max_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 24 * 3600)
+    """Longest footage window one playback request may ask for."""
+    listing_max_days: int = Field(default=31, ge=1, le=366)
+    """Longest window one recordings listing may cover."""
+    playback_ticket_seconds: int = Field(default=300, ge=10, le=3600)
+    """Lifetime of a playback ticket (the credential in a ``<video src>`` URL)."""
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Request bodies larger than this are refused with 413 before they are read."""
 
     demo_rtsp_host: str = "127.0.0.1"
     """Where the demo cameras listen; 0.0.0.0 to reach them from outside a container."""

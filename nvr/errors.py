@@ -13,6 +13,8 @@ Kinds (after gRPC's canonical codes, as Moonfire does):
 - ``PERMISSION_DENIED``: the caller may not do this.
 - ``UNAVAILABLE``: a resource is absent or full (a volume without its identity, a full disk).
 - ``DATA_LOSS``: stored data does not match what was recorded about it.
+- ``UNAUTHENTICATED``: no valid credential came with the request (missing, forged, expired, revoked).
+- ``RESOURCE_EXHAUSTED``: a quota is used up (a grant's concurrent streams).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Kind(enum.Enum):
     PERMISSION_DENIED = "permission_denied"
     UNAVAILABLE = "unavailable"
     DATA_LOSS = "data_loss"
+    UNAUTHENTICATED = "unauthenticated"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
 
 
 class NvrError(Exception):

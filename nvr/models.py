@@ -147,3 +147,150 @@ class RecorderState(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     since_us: Mapped[int] = mapped_column(BigInteger)
     heartbeat_us: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- people, grants and the audit trail (api/) --------------------------------------------------------------
+class User(Base):
+    """A real-name account. ``roles`` is a comma-separated subset of api.roles.ROLES; ``state`` active|disabled."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    full_name: Mapped[str] = mapped_column(String(200))
+    staff_number: Mapped[str] = mapped_column(String(64), unique=True)
+    unit: Mapped[str] = mapped_column(String(200))
+    roles: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(20))
+    password_hash: Mapped[str] = mapped_column(Text)
+    """argon2id, never the password; never leaves the server."""
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class Token(Base):
+    """A bearer credential: a login session or a personal API token. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    """``session`` (from login) or ``personal`` (for scripts)."""
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+    revoked_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Grant(Base):
+    """Access for one user to a set of cameras, for some actions, over a footage window, for a limited time.
+
+    The footage window is absolute (``window_start_us``..``window_end_us``) or relative (``window_last_days``:
+    the last N days before the moment of each request). ``state`` is what people set (active, suspended,
+    revoked); ``expired`` is derived from ``valid_until_us`` and the clock, never stored.
+    """
+
+    __tablename__ = "grants"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    actions: Mapped[str] = mapped_column(String(100))
+    window_start_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_end_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_last_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    valid_from_us: Mapped[int] = mapped_column(BigInteger)
+    valid_until_us: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(Text)
+    case_ref: Mapped[str] = mapped_column(String(200))
+    max_streams: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    granted_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class GrantCamera(Base):
+    __tablename__ = "grant_cameras"
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"), primary_key=True, index=True)
+
+
+class ReadPin(Base):
+    """A read in progress (a playback stream): counts against its grant's stream limit, and the segments of
+    ``camera_id`` between ``start_us`` and ``end_us`` must not be deleted while it lasts. A pin whose heartbeat is
+    older than api.streams.PIN_STALE_US belongs to a process that died and no longer counts."""
+
+    __tablename__ = "read_pins"
+    __table_args__ = (Index("ix_read_pins_camera", "camera_id", "start_us"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    end_us: Mapped[int] = mapped_column(BigInteger)
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    heartbeat_us: Mapped[int] = mapped_column(BigInteger)
+    request_id: Mapped[str] = mapped_column(String(64))
+
+
+class PlaybackTicket(Base):
+    """A short-lived credential for one playback URL, so a ``<video src>`` (which cannot send headers) can play it.
+    Bound to its user, camera, window and purpose; only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "playback_tickets"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"))
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    end_us: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(Text)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEvent(Base):
+    """One line of the audit trail. ``hash = SHA-256(prev_hash ‖ canonical(event))`` (integrity.audit_chain);
+    ``seq`` counts from 1 without holes. Rows are only ever inserted: no code path updates or deletes them."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_at", "at_us"),
+        Index("ix_audit_actor", "actor_id", "at_us"),
+        Index("ix_audit_camera", "camera_id", "at_us"),
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at_us: Mapped[int] = mapped_column(BigInteger)
+    actor_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    actor_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    actor_unit: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    actor_roles: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))
+    camera_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    window_start_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_end_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    object_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    purpose: Mapped[str | None] = mapped_column(Text, nullable=True)
+    case_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    destination: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    client_addr: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_agent: Mapped[str | None] = mapped_column(Text, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The single row (id 1) naming the newest audit event. Appending first updates this row, which serialises
+    writers (a row lock on PostgreSQL, the write lock on SQLite) so sequence numbers and links never fork; it also
+    lets the verifier notice when the newest events were cut off."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,176 @@
+"""The HTTP API: FastAPI under /api/v1, one error model, an audit event for every refusal.
+
+Routers are thin (api/routes): they parse, call a service, and shape the answer. Every error body is
+``{"error": {"code": "...", "message": "..."}}`` with a stable code (docs/api.md lists them). A refused request
+writes its denial event here, in a transaction of its own, after the request's own work was rolled back: so a
+denial stores nothing but the record that it happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import audit
+from api.context import Services, request_hint, request_id, request_meta
+from nvr.clock import parse_iso
+from nvr.errors import Kind, NvrError
+
+log = logging.getLogger(__name__)
+PREFIX = "/api/v1"
+
+STATUS = {
+    Kind.NOT_FOUND: 404,
+    Kind.INVALID_ARGUMENT: 422,
+    Kind.FAILED_PRECONDITION: 409,
+    Kind.CONFLICT: 409,
+    Kind.PERMISSION_DENIED: 403,
+    Kind.UNAVAILABLE: 503,
+    Kind.DATA_LOSS: 500,
+    Kind.UNAUTHENTICATED: 401,
+    Kind.RESOURCE_EXHAUSTED: 429,
+}
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit before reading them (413 ``body_too_large``), declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            response = JSONResponse(
+                error_body("body_too_large", f"request bodies are limited to {self.limit} bytes"), status_code=413
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise NvrError(
+                        Kind.INVALID_ARGUMENT, "body_too_large", f"request bodies are limited to {self.limit} bytes"
+                    )
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(services: Services) -> FastAPI:
+    from api.routes import audit as audit_routes
+    from api.routes import auth, cameras, footage, grants, users
+
+    app = FastAPI(
+        title="NVR archive API",
+        version="1",
+        description="Evidence-grade NVR: cameras, grants, playback and the audit trail. Every footage access is "
+        "checked against a grant and written to a tamper-evident audit log.",
+        openapi_url=f"{PREFIX}/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
+    for module in (auth, users, cameras, grants, footage, audit_routes):
+        app.include_router(module.router, prefix=PREFIX)
+
+    @app.middleware("http")
+    async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
+        rid = request_id(request)
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = rid
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(NvrError)
+    async def _nvr_error(request: Request, exc: NvrError) -> JSONResponse:
+        status = STATUS.get(exc.kind, 400)
+        if exc.code == "body_too_large":
+            status = 413
+        return await _refuse(request, status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors()[:5]:
+            where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
+            parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        return await _refuse(request, 422, "request_invalid", "; ".join(parts) or "the request is not valid")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        return await _refuse(request, exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return await _refuse(request, 500, "internal_error", "the server failed; the request id names it in the log")
+
+    return app
+
+
+def _best_effort_time(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        value = parse_iso(text)
+    except NvrError:
+        return None
+    return value if abs(value) < 10**17 else None
+
+
+async def _refuse(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    from starlette.concurrency import run_in_threadpool
+
+    if (request.url.path.startswith(PREFIX) and status != 404) or getattr(request.state, "audit_hint", None):
+        try:
+            await run_in_threadpool(_record_denial, request, status, code)
+        except Exception:
+            # The answer still goes out; the failure to audit is loud in the log.
+            log.exception("could not write the audit event for a refused request (%s)", code)
+    return JSONResponse(error_body(code, message), status_code=status, headers={"X-Request-Id": request_id(request)})
+
+
+def _record_denial(request: Request, status: int, code: str) -> None:
+    services: Services = request.app.state.services
+    hint = request_hint(request)
+    principal = getattr(request.state, "principal", None)
+    q = request.query_params
+    ev = audit.Event(
+        action=str(hint.get("action") or f"{request.method.lower()} {request.url.path[:120]}"),
+        outcome="failed" if status >= 500 else "denied",
+        camera_id=hint.get("camera_id"),
+        window_start_us=hint.get("window_start_us", _best_effort_time(q.get("start"))),
+        window_end_us=hint.get("window_end_us", _best_effort_time(q.get("end"))),
+        object_id=hint.get("object_id"),
+        purpose=hint.get("purpose", q.get("purpose")),
+        case_ref=hint.get("case_ref"),
+        destination=hint.get("destination"),
+        reason=code,
+    )
+    actor = principal.actor if principal is not None else audit.ANONYMOUS
+    with services.db.session() as s:
+        audit.record(s, services.clock.now_us(), actor, request_meta(request), ev)

@@ -1,0 +1,155 @@
+"""Footage services: recordings listings, playback planning, read pins and the checks made while a stream runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import grants
+from api.people import Principal
+from nvr.clock import iso
+from nvr.errors import Kind, NvrError
+from nvr.models import Gap, Grant, ReadPin, Segment, Volume
+from storage import pins
+
+if TYPE_CHECKING:
+    from storage.reader import PlaybackPlan
+
+# Segments within this of each other are one continuous run (the recorder makes them touch exactly).
+TOUCH_US = 1_000
+
+
+def check_window(start_us: int, end_us: int, max_us: int, what: str) -> None:
+    if end_us <= start_us:
+        raise NvrError(Kind.INVALID_ARGUMENT, "window_invalid", "end must be after start")
+    if end_us - start_us > max_us:
+        raise NvrError(
+            Kind.INVALID_ARGUMENT,
+            "window_too_long",
+            f"one {what} covers at most {max_us // 1_000_000} s; split the request",
+        )
+
+
+def segments_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[tuple[Any, ...]]:
+    """Rows overlapping [start_us, end_us), oldest first, as (seq, start_us, end_us, bytes, volume path, rel_path).
+
+    Two index range scans on (camera_id, start_us): the one segment that starts at or before ``start_us`` (it may
+    reach into the window) and those starting inside it. A single ``end_us > start`` condition could not use
+    the index and would read every earlier segment of the camera.
+    """
+    cols = (Segment.seq, Segment.start_us, Segment.end_us, Segment.bytes, Volume.path, Segment.rel_path)
+    before = s.execute(
+        select(*cols)
+        .join(Volume, Segment.volume_id == Volume.id)
+        .where(Segment.camera_id == camera_id, Segment.start_us <= start_us)
+        .order_by(Segment.start_us.desc())
+        .limit(1)
+    ).all()
+    inside = s.execute(
+        select(*cols)
+        .join(Volume, Segment.volume_id == Volume.id)
+        .where(Segment.camera_id == camera_id, Segment.start_us > start_us, Segment.start_us < end_us)
+        .order_by(Segment.start_us)
+    ).all()
+    rows = [r for r in before if r[2] > start_us] + list(inside)
+    return [tuple(r) for r in rows]
+
+
+def recordings(s: Session, camera_id: str, start_us: int, end_us: int) -> dict[str, Any]:
+    """What exists in the window: segments merged into continuous runs, and the holes between them (with the
+    recorder's reason where it recorded one)."""
+    runs: list[list[int]] = []
+    count = 0
+    for _seq, a, b, _n, _vp, _rp in segments_in(s, camera_id, start_us, end_us):
+        count += 1
+        if runs and a - runs[-1][1] <= TOUCH_US:
+            runs[-1][1] = max(runs[-1][1], b)
+            runs[-1][2] += 1
+        else:
+            runs.append([a, b, 1])
+    holes: list[tuple[int, int]] = []
+    cursor = start_us
+    for a, b, _ in runs:
+        if a > cursor:
+            holes.append((cursor, a))
+        cursor = max(cursor, b)
+    if cursor < end_us:
+        holes.append((cursor, end_us))
+    recorded_gaps = list(
+        s.execute(
+            select(Gap.start_us, Gap.end_us, Gap.reason)
+            .where(Gap.camera_id == camera_id, Gap.start_us < end_us)
+            .where((Gap.end_us.is_(None)) | (Gap.end_us > start_us))
+            .order_by(Gap.start_us)
+        )
+    )
+
+    def reason(a: int, b: int) -> str:
+        for gs, ge, r in recorded_gaps:
+            if gs < b and (ge is None or ge > a):
+                return str(r)
+        return "not_recorded"
+
+    return {
+        "camera_id": camera_id,
+        "start": iso(start_us),
+        "end": iso(end_us),
+        "segments": count,
+        "runs": [
+            {"start": iso(max(a, start_us)), "end": iso(min(b, end_us)), "start_us": a, "end_us": b, "segments": n}
+            for a, b, n in runs
+        ],
+        "gaps": [
+            {"start": iso(a), "end": iso(b), "start_us": a, "end_us": b, "reason": reason(a, b)} for a, b in holes
+        ],
+    }
+
+
+def plan(s: Session, camera_id: str, start_us: int, end_us: int) -> PlaybackPlan:
+    from storage.reader import SegmentRef, plan_playback
+
+    refs = [
+        SegmentRef(path=Path(vp) / rp, seq=seq, start_us=a, end_us=b, bytes=n)
+        for seq, a, b, n, vp, rp in segments_in(s, camera_id, start_us, end_us)
+    ]
+    if not refs:
+        raise NvrError(Kind.NOT_FOUND, "no_footage", "nothing was recorded in that window")
+    return plan_playback(refs, start_us, end_us)
+
+
+@dataclass(frozen=True)
+class PinInfo:
+    id: int
+    grant_id: int
+    token_id: int | None
+
+
+def pin(
+    s: Session, p: Principal, g: Grant, camera_id: str, start_us: int, end_us: int, now_us: int, request_id: str
+) -> PinInfo:
+    """Count the stream against its grant's limit and pin its segments; ``stream_limit`` (429) when full."""
+    grants.lock(s, g.id)
+    if pins.live_count(s, g.id, now_us) >= g.max_streams:
+        raise NvrError(
+            Kind.RESOURCE_EXHAUSTED,
+            "stream_limit",
+            f"your grant allows {g.max_streams} concurrent stream(s) and that many are running; end one first",
+        )
+    row = ReadPin(
+        grant_id=g.id,
+        user_id=p.user_id,
+        token_id=p.token_id,
+        camera_id=camera_id,
+        start_us=start_us,
+        end_us=end_us,
+        started_us=now_us,
+        heartbeat_us=now_us,
+        request_id=request_id,
+    )
+    s.add(row)
+    s.flush()
+    return PinInfo(row.id, g.id, p.token_id)

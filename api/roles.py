@@ -1,0 +1,62 @@
+"""Roles and what they may do.
+
+A user holds one or more roles; a request is allowed when any held role carries the capability. Footage is never
+reached through a role alone: the footage actions (``live``, ``playback``, ``export``) also need a grant, and a role
+limits which actions a grant given to its holder may carry (a ``viewer`` never copies; an ``auditor`` never sees).
+"""
+
+from __future__ import annotations
+
+from nvr.errors import Kind, NvrError
+
+ROLES = ("admin", "approver", "officer", "operator", "auditor", "viewer")
+ACTIONS = ("live", "playback", "export")
+
+CAPABILITIES: dict[str, frozenset[str]] = {
+    "admin": frozenset({"users.manage", "cameras.manage", "cameras.protected", "grants.oversee"}),
+    "approver": frozenset({"grants.issue", "grants.oversee", "cameras.catalog"}),
+    "officer": frozenset({"footage"}),
+    "operator": frozenset({"footage"}),
+    "auditor": frozenset({"audit.read"}),
+    "viewer": frozenset({"footage"}),
+}
+# Which footage actions a grant may give a holder of each role.
+GRANTABLE_ACTIONS: dict[str, frozenset[str]] = {
+    "officer": frozenset({"live", "playback", "export"}),
+    "operator": frozenset({"live", "playback"}),
+    "viewer": frozenset({"live", "playback"}),
+}
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    return tuple(r for r in text.split(",") if r)
+
+
+def validate_roles(roles: list[str]) -> str:
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise NvrError(
+            Kind.INVALID_ARGUMENT,
+            "role_invalid",
+            f"roles must be a non-empty subset of {', '.join(ROLES)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+        )
+    return ",".join(r for r in ROLES if r in roles)
+
+
+def capabilities(roles: tuple[str, ...]) -> frozenset[str]:
+    out: set[str] = set()
+    for r in roles:
+        out |= CAPABILITIES.get(r, frozenset())
+    return frozenset(out)
+
+
+def grantable_actions(roles: tuple[str, ...]) -> frozenset[str]:
+    """Footage actions a grant may carry for this holder. A viewer is view-only even if it holds other roles:
+    the stricter role wins, so a view-only person can never be given a copy by adding a role beside it."""
+    if "viewer" in roles:
+        return GRANTABLE_ACTIONS["viewer"]
+    out: set[str] = set()
+    for r in roles:
+        out |= GRANTABLE_ACTIONS.get(r, frozenset())
+    return frozenset(out)

@@ -1,0 +1,111 @@
+"""Cameras over HTTP. Base information is protected: stream URLs (never with credentials), exact location and
+installation details go to admins only; everyone else sees only the cameras a grant of theirs covers, and any
+other camera answers 404 as if it did not exist. Every listing and read is audited."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+
+from api import audit, grants
+from api.context import Ctx, requires
+from api.people import Principal
+from api.routes.schemas import CameraBody, CameraPatch, StateBody
+from nvr import registry
+from nvr.clock import iso
+from nvr.errors import Kind, NvrError
+from nvr.models import Camera
+
+router = APIRouter(tags=["cameras"])
+
+
+def camera_view(cam: Camera, protected: bool) -> dict[str, Any]:
+    if protected:
+        v = registry.public_view(cam)
+        for k in ("state_changed_us", "created_us", "updated_us"):
+            v[k.removesuffix("_us")] = iso(v.pop(k))
+        return v
+    return {
+        "id": cam.id,
+        "name": cam.name,
+        "managing_unit": cam.managing_unit,
+        "share_class": cam.share_class,
+        "state": cam.state,
+    }
+
+
+def visible_camera(s: Any, p: Principal, camera_id: str, now_us: int) -> Camera:
+    """The camera if this person may see its record: admins and approvers (who issue grants) see every camera,
+    others those a grant of theirs names (404 otherwise, 403 when their grant is not in force)."""
+    registry.validate_id(camera_id)
+    if not (p.can("cameras.protected") or p.can("cameras.catalog")):
+        grants.check_camera_visible(s, p, camera_id, now_us)
+    cam = s.get(Camera, camera_id)
+    if cam is None:
+        raise NvrError(Kind.NOT_FOUND, "camera_not_found", f"no camera {camera_id!r}")
+    return cam
+
+
+@router.get("/cameras")
+def list_cameras(ctx: Annotated[Ctx, Depends(requires("camera.list"))]) -> dict[str, Any]:
+    p, now = ctx.me, ctx.now_us
+    with ctx.db.session() as s:
+        if p.can("cameras.protected") or p.can("cameras.catalog"):
+            cams = registry.list_cameras(s)
+        else:
+            ids = grants.visible_camera_ids(s, p, now)
+            cams = [c for c in registry.list_cameras(s) if c.id in ids]
+        out = [camera_view(c, p.can("cameras.protected")) for c in cams]
+        ctx.record(s, audit.Event("camera.list", "allowed", reason=f"{len(out)} camera(s)"))
+        return {"cameras": out}
+
+
+@router.get("/cameras/{camera_id}")
+def get_camera(camera_id: str, ctx: Annotated[Ctx, Depends(requires("camera.read"))]) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        cam = visible_camera(s, ctx.me, camera_id, ctx.now_us)
+        view = camera_view(cam, ctx.me.can("cameras.protected"))
+        ctx.record(s, audit.Event("camera.read", "allowed", camera_id=cam.id))
+        return view
+
+
+@router.post("/cameras", status_code=201)
+def add_camera(
+    body: CameraBody, ctx: Annotated[Ctx, Depends(requires("camera.create", "cameras.manage"))]
+) -> dict[str, Any]:
+    ctx.hint(camera_id=body.id[:64])
+    fields = registry.CameraFields(**body.model_dump(exclude={"id"}))
+    with ctx.db.session() as s:
+        cam = registry.add(s, body.id, fields, actor=f"user:{ctx.me.user_id}", now_us=ctx.now_us)
+        ctx.record(s, audit.Event("camera.create", "ok", camera_id=cam.id))
+        return camera_view(cam, True)
+
+
+@router.patch("/cameras/{camera_id}")
+def update_camera(
+    camera_id: str, body: CameraPatch, ctx: Annotated[Ctx, Depends(requires("camera.update", "cameras.manage"))]
+) -> dict[str, Any]:
+    registry.validate_id(camera_id)
+    fields = registry.CameraFields(**body.model_dump())
+    with ctx.db.session() as s:
+        cam = registry.update(s, camera_id, fields, now_us=ctx.now_us)
+        changed = sorted(k for k, v in body.model_dump().items() if v is not None)
+        ctx.record(s, audit.Event("camera.update", "ok", camera_id=cam.id, reason=", ".join(changed) or None))
+        return camera_view(cam, True)
+
+
+@router.post("/cameras/{camera_id}/state")
+def camera_state(
+    camera_id: str, body: StateBody, ctx: Annotated[Ctx, Depends(requires("camera.state", "cameras.manage"))]
+) -> dict[str, Any]:
+    """Activate, suspend or decommission a camera (the recorder follows within a few seconds)."""
+    registry.validate_id(camera_id)
+    if body.state not in registry.STATES:
+        raise NvrError(Kind.INVALID_ARGUMENT, "camera_state_invalid", f"state must be one of {registry.STATES}")
+    with ctx.db.session() as s:
+        cam = registry.transition(
+            s, camera_id, body.state, actor=f"user:{ctx.me.user_id}", now_us=ctx.now_us, reason=body.reason
+        )
+        ctx.record(s, audit.Event("camera.state", "ok", camera_id=cam.id, reason=f"{body.state}: {body.reason or ''}"))
+        return camera_view(cam, True)

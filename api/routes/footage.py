@@ -1,0 +1,206 @@
+"""Recordings listings and playback. Each needs a grant covering the camera, the action and the whole window."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import urllib.parse
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy import select
+
+from api import audit, footage, grants, people
+from api.context import Ctx, authenticated, request_hint, services
+from api.routes.schemas import TicketBody
+from api.stream import PlaybackStream, StreamJob
+from nvr import registry
+from nvr.clock import iso, parse_iso
+from nvr.errors import Kind, NvrError
+from nvr.models import PlaybackTicket
+
+router = APIRouter(tags=["footage"])
+Time = Annotated[str, Query(max_length=64, description="ISO 8601 with a zone, e.g. 2026-11-21T08:00:00Z")]
+Purpose = Annotated[str, Query(min_length=1, max_length=2000, description="Why you need this footage (audited).")]
+
+
+def _window(ctx: Ctx, start: str, end: str, max_us: int, what: str) -> tuple[int, int]:
+    start_us, end_us = parse_iso(start), parse_iso(end)
+    ctx.hint(window_start_us=start_us, window_end_us=end_us)
+    footage.check_window(start_us, end_us, max_us, what)
+    return start_us, end_us
+
+
+def _listing_ctx(request: Request) -> Ctx:
+    return authenticated(request, "recordings.list")
+
+
+@router.get("/cameras/{camera_id}/recordings")
+def recordings(camera_id: str, start: Time, end: Time, ctx: Annotated[Ctx, Depends(_listing_ctx)]) -> dict[str, Any]:
+    """What exists in a window: continuous runs of segments, and the gaps between them with their reasons.
+    Needs a grant with ``playback`` covering the camera and the window."""
+    registry.validate_id(camera_id)
+    start_us, end_us = _window(ctx, start, end, ctx.settings.listing_max_days * 86_400_000_000, "listing")
+    now = ctx.now_us
+    with ctx.db.session() as s:
+        g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
+        out = footage.recordings(s, camera_id, start_us, end_us)
+        ctx.record(
+            s,
+            audit.Event(
+                "recordings.list",
+                "allowed",
+                camera_id=camera_id,
+                window_start_us=start_us,
+                window_end_us=end_us,
+                object_id=f"grant:{g.id}",
+                purpose=g.purpose,
+                case_ref=g.case_ref,
+            ),
+        )
+    return out
+
+
+def _ticket_ctx(request: Request) -> Ctx:
+    return authenticated(request, "playback.ticket")
+
+
+@router.post("/cameras/{camera_id}/playback-tickets", status_code=201)
+def playback_ticket(camera_id: str, body: TicketBody, ctx: Annotated[Ctx, Depends(_ticket_ctx)]) -> dict[str, Any]:
+    """A short-lived URL for a ``<video src>`` (which cannot send an Authorization header). The grant is checked
+    now and again when the URL is used; the ticket is bound to you, this camera, window and purpose."""
+    registry.validate_id(camera_id)
+    ctx.hint(purpose=body.purpose)
+    start_us, end_us = _window(ctx, body.start, body.end, ctx.settings.playback_max_seconds * 1_000_000, "playback")
+    now = ctx.now_us
+    secret = "nvrt_" + secrets.token_urlsafe(32)
+    with ctx.db.session() as s:
+        g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
+        t = PlaybackTicket(
+            secret_hash=people.hash_secret(secret),
+            user_id=ctx.me.user_id,
+            token_id=ctx.me.token_id,
+            camera_id=camera_id,
+            start_us=start_us,
+            end_us=end_us,
+            purpose=body.purpose,
+            created_us=now,
+            expires_us=now + ctx.settings.playback_ticket_seconds * 1_000_000,
+        )
+        s.add(t)
+        s.flush()
+        ctx.record(
+            s,
+            audit.Event(
+                "playback.ticket",
+                "allowed",
+                camera_id=camera_id,
+                window_start_us=start_us,
+                window_end_us=end_us,
+                object_id=f"ticket:{t.id}",
+                purpose=body.purpose,
+                case_ref=g.case_ref,
+            ),
+        )
+    query = urllib.parse.urlencode(
+        {"start": iso(start_us), "end": iso(end_us), "purpose": body.purpose, "ticket": secret}
+    )
+    return {"url": f"/api/v1/cameras/{camera_id}/playback?{query}", "expires": iso(t.expires_us)}
+
+
+def _playback_ctx(request: Request) -> Ctx:
+    """Bearer token, or a playback ticket matching the URL's camera, window and purpose."""
+    ticket = request.query_params.get("ticket")
+    if not ticket:
+        return authenticated(request, "playback.start")
+    request_hint(request).update(action="playback.start", camera_id=str(request.path_params.get("camera_id"))[:64])
+    svc = services(request)
+    now = svc.clock.now_us()
+    q = request.query_params
+    with svc.db.session() as s:
+        t = s.scalar(select(PlaybackTicket).where(PlaybackTicket.secret_hash == people.hash_secret(ticket[:200])))
+        if t is None or t.expires_us <= now:
+            raise NvrError(Kind.UNAUTHENTICATED, "ticket_invalid", "the playback ticket is unknown or has expired")
+        try:
+            same = (
+                t.camera_id == request.path_params.get("camera_id")
+                and t.start_us == parse_iso(q.get("start", ""))
+                and t.end_us == parse_iso(q.get("end", ""))
+                and t.purpose == q.get("purpose")
+            )
+        except NvrError:
+            same = False
+        if not same:
+            raise NvrError(Kind.UNAUTHENTICATED, "ticket_mismatch", "the playback ticket is for another request")
+        token = s.get(people.Token, t.token_id)
+        if token is None:
+            raise NvrError(Kind.UNAUTHENTICATED, "ticket_invalid", "the session that made this ticket has ended")
+        principal = people.principal_for(s, token, now)
+    request.state.principal = principal
+    return Ctx(svc, request, principal)
+
+
+@router.get(
+    "/cameras/{camera_id}/playback",
+    response_class=PlaybackStream,
+    responses={200: {"content": {"video/mp4": {}}, "description": "Fragmented MP4 of the window."}},
+)
+def playback(
+    camera_id: str,
+    start: Time,
+    end: Time,
+    purpose: Purpose,
+    ctx: Annotated[Ctx, Depends(_playback_ctx)],
+    ticket: Annotated[str | None, Query(max_length=200, description="From POST playback-tickets.")] = None,
+) -> PlaybackStream:
+    """Stream the window as fragmented MP4, from the keyframe at or before ``start``, across segment boundaries
+    and gaps (collapsed; listed in the ``X-Nvr-Gaps`` header). Needs a grant with ``playback`` covering the camera
+    and the window; counts against the grant's concurrent streams (429 ``stream_limit``)."""
+    registry.validate_id(camera_id)
+    ctx.hint(purpose=purpose)
+    start_us, end_us = _window(ctx, start, end, ctx.settings.playback_max_seconds * 1_000_000, "playback")
+    now = ctx.now_us
+    meta = ctx.meta
+    with ctx.db.session() as s:
+        g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
+        ctx.hint(case_ref=g.case_ref, object_id=f"grant:{g.id}")
+        plan = footage.plan(s, camera_id, start_us, end_us)
+        pin = footage.pin(s, ctx.me, g, camera_id, start_us, end_us, now, meta.request_id or "")
+        fields = dict(
+            camera_id=camera_id,
+            window_start_us=start_us,
+            window_end_us=end_us,
+            object_id=f"grant:{g.id}",
+            purpose=purpose,
+            case_ref=g.case_ref,
+        )
+        ctx.record(
+            s,
+            audit.Event(
+                "playback.start", "allowed", **fields, reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
+            ),
+        )
+    headers = {
+        "X-Nvr-Start": iso(plan.first_us) or "",
+        "X-Nvr-End": iso(plan.end_us) or "",
+        "X-Nvr-Gaps": json.dumps(
+            [{"start": iso(gp.start_us), "end": iso(gp.end_us), "at_media_us": gp.media_offset_us} for gp in plan.gaps],
+            separators=(",", ":"),
+        ),
+        "Accept-Ranges": "none",
+    }
+    if plan.truncated_at_us is not None:
+        headers["X-Nvr-Truncated-At"] = iso(plan.truncated_at_us) or ""
+    from storage.reader import iter_playback
+
+    job = StreamJob(
+        services=ctx.services,
+        chunks=iter_playback(plan),
+        pin_id=pin.id,
+        grant_id=g.id,
+        token_id=pin.token_id,
+        actor=ctx.actor,
+        meta=meta,
+        end_event=audit.Event("playback.end", "ok", **fields),
+    )
+    return PlaybackStream(job, headers, plan.total_bytes)

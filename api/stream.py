@@ -1,0 +1,123 @@
+"""Sending a playback stream, and ending it when access ends.
+
+The response is a raw ASGI response so that its end is under our control whatever happens: it re-checks the grant,
+the token and the user about once a second while it sends (a suspension, revocation or disabled account ends the
+stream within a second, by closing the connection short of its Content-Length so the client can tell), refreshes
+its read pin, notices a client that went away, and always writes the ``playback.end`` event with the bytes sent and
+removes the pin, in a transaction the request's cancellation cannot interrupt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from api import audit, grants
+from api.context import Services
+from storage import pins
+
+log = logging.getLogger(__name__)
+RECHECK_SECONDS = 1.0
+HEARTBEAT_SECONDS = 5.0
+
+
+@dataclass
+class StreamJob:
+    services: Services
+    chunks: Iterator[bytes]
+    pin_id: int
+    grant_id: int
+    token_id: int | None
+    actor: audit.Actor
+    meta: audit.RequestMeta
+    end_event: audit.Event
+
+
+class PlaybackStream(Response):
+    def __init__(self, job: StreamJob, headers: dict[str, str], total_bytes: int) -> None:
+        super().__init__(content=None, media_type="video/mp4", headers={**headers, "Content-Length": str(total_bytes)})
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        job = self.job
+        sent = 0
+        outcome, reason = "ok", None
+        gone = anyio.Event()
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            gone.set()
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(watch)
+                last_check = last_beat = time.monotonic()
+                while True:
+                    chunk = await anyio.to_thread.run_sync(_next, job.chunks)
+                    if chunk is None:
+                        break
+                    now = time.monotonic()
+                    if now - last_check >= RECHECK_SECONDS:
+                        beat = now - last_beat >= HEARTBEAT_SECONDS
+                        reason = await anyio.to_thread.run_sync(_recheck, job, beat)
+                        last_check = now
+                        last_beat = now if beat else last_beat
+                        if reason is not None:
+                            outcome = "terminated"
+                            break
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    sent += len(chunk)
+                if outcome == "ok":
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+            if gone.is_set() and outcome == "ok":
+                outcome, reason = "terminated", "client_closed"
+        except OSError:
+            outcome, reason = "terminated", "client_closed"
+        except Exception as exc:
+            # Damage found mid-stream (a file changed under us): stop, say so in the audit, log it.
+            log.exception("playback stream failed")
+            outcome, reason = "failed", getattr(exc, "code", exc.__class__.__name__)
+        finally:
+            close = getattr(job.chunks, "close", None)
+            if close is not None:
+                close()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_finish, job, outcome, reason, sent)
+
+
+def _next(chunks: Iterator[bytes]) -> bytes | None:
+    return next(chunks, None)
+
+
+def _recheck(job: StreamJob, beat: bool) -> str | None:
+    svc = job.services
+    now = svc.clock.now_us()
+    with svc.db.session() as s:
+        reason = grants.still_allowed(s, job.grant_id, job.token_id, now)
+        if reason is None and beat:
+            pins.heartbeat(s, job.pin_id, now)
+    return reason
+
+
+def _finish(job: StreamJob, outcome: str, reason: str | None, sent: int) -> None:
+    svc = job.services
+    ev = job.end_event
+    ev.outcome, ev.reason, ev.bytes = outcome, reason, sent
+    try:
+        with svc.db.session() as s:
+            pins.unpin(s, job.pin_id)
+            audit.record(s, svc.clock.now_us(), job.actor, job.meta, ev)
+    except Exception:
+        log.exception("could not record the end of a playback stream (pin %d, %d bytes sent)", job.pin_id, sent)

@@ -1,0 +1,100 @@
+"""A real archive without waiting for a camera: one short H.264 clip encoded by FFmpeg (through PyAV) into the
+recorder's fragmented-MP4 layout, copied as consecutive segments and registered in the catalogue with their hashes
+and chain links, exactly as the recorder registers what it writes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from sqlalchemy import select
+
+from nvr import registry
+from nvr.models import Volume
+from nvr.runtime import Runtime
+from storage import catalog, layout
+from storage.writer import MOVFLAGS
+
+CLIP_SECONDS = 2
+FPS = 25
+
+
+@functools.lru_cache(maxsize=4)
+def clip(width: int = 160, height: int = 120) -> Path:
+    """A 2 s clip, 25 fps, a keyframe every second, changing pixels; encoded once per test process."""
+    path = Path(tempfile.mkdtemp(prefix="nvr-clip-")) / f"clip-{width}x{height}.mp4"
+    with av.open(str(path), "w", format="mp4", options={"movflags": MOVFLAGS}) as out:
+        st = out.add_stream("libx264", rate=FPS)
+        st.width, st.height, st.pix_fmt = width, height, "yuv420p"
+        st.codec_context.gop_size = FPS
+        st.codec_context.options = {"x264-params": "keyint=25:min-keyint=25:scenecut=0", "preset": "ultrafast"}
+        st.codec_context.time_base = Fraction(1, FPS)
+        for i in range(CLIP_SECONDS * FPS):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes(((x + i * 4) % 256) for x in range(plane.buffer_size)))
+            frame.pts = i
+            for pkt in st.encode(frame):
+                out.mux(pkt)
+        for pkt in st.encode(None):
+            out.mux(pkt)
+    return path
+
+
+def add_camera(rt: Runtime, camera_id: str, unit: str = "Unit A", share_class: str = "authorized") -> None:
+    with rt.db.session() as s:
+        registry.add(
+            s,
+            camera_id,
+            registry.CameraFields(
+                name=f"Camera {camera_id}",
+                stream_url=f"rtsp://admin:secret@10.0.0.1/{camera_id}",
+                managing_unit=unit,
+                share_class=share_class,
+                address="1 Exact Street",
+                latitude=31.2304,
+                longitude=121.4737,
+                installation_notes="pole 7, serial X123",
+            ),
+            actor="test",
+            now_us=rt.clock.now_us(),
+        )
+
+
+def add_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> list[int]:
+    """``count`` touching 2 s segments from ``start_us``; returns their start times."""
+    src = clip()
+    size = src.stat().st_size
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    starts = []
+    with rt.db.session() as s:
+        vol = s.scalars(select(Volume)).first()
+        assert vol is not None
+        for i in range(count):
+            t = start_us + i * CLIP_SECONDS * 1_000_000
+            rel = str(layout.stem_for(camera_id, t)) + ".mp4"
+            dst = Path(vol.path) / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+            catalog.register_segment(
+                s,
+                camera_id=camera_id,
+                volume_id=vol.id,
+                rel_path=rel,
+                start_us=t,
+                media_duration_us=CLIP_SECONDS * 1_000_000,
+                size=size,
+                frames=CLIP_SECONDS * FPS,
+                codecs="h264",
+                clock_offset_us=0,
+                sha256=digest,
+                recovered=False,
+                now_us=rt.clock.now_us(),
+            )
+            starts.append(t)
+    return starts
