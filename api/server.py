@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 
 import uvicorn
 
@@ -27,5 +28,9 @@ def serve(rt: Runtime) -> None:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default handlers that would
+    # kill the process before the recorder beside it finishes its open segments. Ours just lets run() return.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     log.info("API listening on http://%s:%d (docs at /docs)", rt.settings.api_host, rt.settings.api_port)
     server.run()

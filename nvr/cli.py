@@ -69,7 +69,10 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
 def main() -> None:
     """Entry point: turn domain errors into a message and an exit code, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit: pass it on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except NvrError as exc:
         typer.echo(f"error: {exc.code}: {exc.message}", err=True)
         sys.exit(2 if exc.kind in (Kind.INVALID_ARGUMENT, Kind.NOT_FOUND, Kind.CONFLICT) else 1)

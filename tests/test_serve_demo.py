@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
+from tests.api.conftest import free_port
 from tests.support.recording import sha256
 
 
@@ -20,8 +23,25 @@ def _nvr_json(env: dict[str, str], *args: str) -> object:
     return json.loads(r.stdout)
 
 
+def _api_answers_for_the_first_admin(env: dict[str, str], url: str) -> None:
+    """The same process serves the API: the first admin, made on the command line, sees the demo camera."""
+    made = subprocess.run(
+        [sys.executable, "-m", "nvr", "user", "create", "--username", "chief", "--name", "Chief", "--staff-number", "1",
+         "--unit", "HQ", "--role", "admin", "--password-stdin"],
+        env=env, input="a long enough password\n", capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    with httpx.Client(base_url=url, timeout=10) as c:
+        assert c.get("/api/v1/health").json() == {"status": "ok"}
+        token = c.post("/api/v1/auth/login", json={"username": "chief", "password": "a long enough password"})
+        cams = c.get("/api/v1/cameras", headers={"Authorization": f"Bearer {token.json()['token']}"}).json()
+    assert [cam["id"] for cam in cams["cameras"]] == ["demo-1"]
+    assert cams["cameras"][0]["stream_url"].startswith("rtsp://127.0.0.1:")  # admins see the URL (never credentials)
+
+
 def test_serve_demo_records_and_status_says_recording(nvr_env: dict[str, str], tmp_path: Path) -> None:
-    env = dict(nvr_env, NVR_DEMO_RTSP_PORT="0", NVR_SEGMENT_SECONDS="2")
+    port = free_port()
+    env = dict(nvr_env, NVR_DEMO_RTSP_PORT="0", NVR_SEGMENT_SECONDS="2", NVR_API_PORT=str(port))
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "nvr", "serve", "--demo"], env=env, stdout=log, stderr=log)
     try:
@@ -35,6 +55,7 @@ def test_serve_demo_records_and_status_says_recording(nvr_env: dict[str, str], t
                 break
             time.sleep(0.5)
         assert state == "recording", (tmp_path / "serve.log").read_text()
+        _api_answers_for_the_first_admin(env, f"http://127.0.0.1:{port}")
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)

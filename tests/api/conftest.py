@@ -81,7 +81,9 @@ class Api:
         assert r.status_code == 201, r.text
         return r.json()
 
-    def camera(self, camera_id: str, segments: int = 0, unit: str = "Unit A", share_class: str = "authorized") -> list[int]:
+    def camera(
+        self, camera_id: str, segments: int = 0, unit: str = "Unit A", share_class: str = "authorized"
+    ) -> list[int]:
         footage.add_camera(self.rt, camera_id, unit=unit, share_class=share_class)
         if not segments:
             return []

@@ -1,4 +1,4 @@
-"""The authorization matrix: every role × every endpoint × grant condition. 401s first, then 403/404, then the
+"""The authorization matrix: every role x every endpoint x grant condition. 401s first, then 403/404, then the
 allowed cases. Each refusal must carry its own stable code, and a camera outside a person's grants must look
 exactly like a camera that does not exist."""
 
@@ -27,7 +27,14 @@ ADMIN_REQUESTS = {
     "users.create": (
         "POST",
         "/api/v1/users",
-        {"username": "x1", "full_name": "X", "staff_number": "x1", "unit": "U", "roles": ["viewer"], "password": "p" * 12},
+        {
+            "username": "x1",
+            "full_name": "X",
+            "staff_number": "x1",
+            "unit": "U",
+            "roles": ["viewer"],
+            "password": "p" * 12,
+        },
         "admin",
     ),
     "cameras.create": (
