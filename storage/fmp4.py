@@ -49,8 +49,13 @@ __all__ = [
     "MAX_METADATA_BOX",
     "Fmp4Error",
     "Fragment",
+    "MoofTiming",
     "RecoveryResult",
     "Scan",
+    "TfdtField",
+    "TrackInit",
+    "parse_moof_timing",
+    "read_init_tracks",
     "scan",
     "truncate_to_complete",
 ]
@@ -554,3 +559,206 @@ def truncate_to_complete(path: str | os.PathLike[str]) -> RecoveryResult:
     finally:
         os.close(fd)
     return outcome("truncated", result.complete_end, result.tail_reason)
+
+
+# --- decoding-relevant init fields and fragment timing (used to splice fragments of several files) -------------
+
+
+@dataclass(frozen=True)
+class TrackInit:
+    """What the init section says about one track that matters for decoding its fragments.
+
+    Two files whose tracks compare equal can have their fragments played under either file's init section.
+    """
+
+    track_id: int
+    handler: str  # hdlr handler type: "vide", "soun", ...
+    timescale: int  # mdhd: ticks per second of the track's decode times and sample durations
+    sample_description: bytes  # payload of stsd: codec, resolution, parameter sets (avcC/hvcC), audio config
+    trex: tuple[int, int, int, int]  # defaults: sample description index, duration, size, flags; zeros without trex
+
+
+def _moov_tracks(data: bytes) -> dict[int, TrackInit]:
+    where = "moov"
+    traks: list[tuple[int, str, int, bytes]] = []
+    trex: dict[int, tuple[int, int, int, int]] = {}
+    for box_type, start, end in _children(data, 0, len(data), where):
+        if box_type == b"mvex":
+            for x_type, x_start, x_end in _children(data, start, end, f"{where}/mvex"):
+                if x_type == b"trex":
+                    _full_box(data, x_start, x_end, 20, "trex")
+                    track_id, index, duration, size, flags = struct.unpack_from(">5I", data, x_start + 4)
+                    trex[track_id] = (index, duration, size, flags)
+        elif box_type == b"trak":
+            traks.append(_trak_init(data, start, end, f"{where}/trak"))
+    return {
+        track_id: TrackInit(track_id, handler, timescale, stsd, trex.get(track_id, (0, 0, 0, 0)))
+        for track_id, handler, timescale, stsd in traks
+    }
+
+
+def _trak_init(data: bytes, start: int, end: int, where: str) -> tuple[int, str, int, bytes]:
+    track_id: int | None = None
+    handler = "?"
+    timescale: int | None = None
+    stsd: bytes | None = None
+    for t_type, t_start, t_end in _children(data, start, end, where):
+        if t_type == b"tkhd":
+            version, _ = _full_box(data, t_start, t_end, 12, "tkhd")
+            skip = 16 if version == 1 else 8
+            if t_end - t_start < 4 + skip + 4:
+                raise Fmp4Error(f"{where}: tkhd too short")
+            track_id = struct.unpack_from(">I", data, t_start + 4 + skip)[0]
+            continue
+        if t_type != b"mdia":
+            continue
+        for m_type, m_start, m_end in _children(data, t_start, t_end, f"{where}/mdia"):
+            if m_type == b"mdhd":
+                version, _ = _full_box(data, m_start, m_end, 20, "mdhd")
+                at = m_start + 4 + (16 if version == 1 else 8)
+                if at + 4 > m_end:
+                    raise Fmp4Error(f"{where}: mdhd too short")
+                timescale = struct.unpack_from(">I", data, at)[0]
+            elif m_type == b"hdlr":
+                _full_box(data, m_start, m_end, 8, "hdlr")
+                handler = _name(data[m_start + 8 : m_start + 12])
+            elif m_type == b"minf":
+                for i_type, i_start, i_end in _children(data, m_start, m_end, f"{where}/minf"):
+                    if i_type == b"stbl":
+                        for s_type, s_start, s_end in _children(data, i_start, i_end, f"{where}/stbl"):
+                            if s_type == b"stsd":
+                                stsd = data[s_start:s_end]
+    if track_id is None:
+        raise Fmp4Error(f"{where} without tkhd")
+    if not timescale or stsd is None:
+        raise Fmp4Error(f"{where}: track {track_id} has no mdhd timescale or no stsd")
+    return track_id, handler, timescale, stsd
+
+
+def read_init_tracks(source: str | os.PathLike[str] | BinaryIO, init_end: int) -> dict[int, TrackInit]:
+    """Parse the ``moov`` of the init section ``[0, init_end)`` (``Scan.init_end``) into per-track decoding facts."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return read_init_tracks(f, init_end)
+    pos = 0
+    try:
+        while pos < init_end:
+            header = _read_top_header(source, pos, init_end)
+            if header.type == b"moov":
+                return _moov_tracks(_read_box(source, header))
+            pos = header.end
+    except _Torn as torn:
+        raise Fmp4Error(f"init section: {torn.reason}") from None
+    raise Fmp4Error("init section has no moov")
+
+
+@dataclass(frozen=True)
+class TfdtField:
+    """One ``tfdt`` inside a moof, located so it can be rewritten in place."""
+
+    track_id: int
+    version: int  # 1: 64-bit value, 0: 32-bit value
+    at: int  # byte offset of the value from the first byte of the moof box (its header included)
+    value: int
+
+
+@dataclass(frozen=True)
+class MoofTiming:
+    """Sequence number and decode timing of one ``moof`` (whole box bytes, header included)."""
+
+    sequence_number: int
+    sequence_at: int  # byte offset of the mfhd sequence_number from the first byte of the moof box
+    tfdts: list[TfdtField]
+    durations: dict[int, int]  # track_ID -> sum of the fragment's sample durations, in the track timescale
+    sample_counts: dict[int, int]
+
+    def base_decode_time(self, track_id: int) -> int | None:
+        return next((t.value for t in self.tfdts if t.track_id == track_id), None)
+
+
+def parse_moof_timing(moof: bytes, default_durations: dict[int, int] | None = None) -> MoofTiming:
+    """Locate mfhd/tfdt fields and sum sample durations (trun, else tfhd default, else ``default_durations``).
+
+    ``default_durations`` maps track_ID to the trex default_sample_duration of the file's init section.
+    """
+    if len(moof) < 8:
+        raise Fmp4Error("moof too short")
+    size, box_type = struct.unpack_from(">I4s", moof, 0)
+    header = 8
+    if size == 1:
+        if len(moof) < 16:
+            raise Fmp4Error("moof too short")
+        size, header = struct.unpack_from(">Q", moof, 8)[0], 16
+    if box_type != b"moof" or size != len(moof):
+        raise Fmp4Error(f"not a whole moof box: {_name(box_type)!r} of {size} bytes, {len(moof)} given")
+    sequence: tuple[int, int] | None = None
+    tfdts: list[TfdtField] = []
+    durations: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    for child, start, end in _children(moof, header, len(moof), "moof"):
+        if child == b"mfhd":
+            _full_box(moof, start, end, 4, "mfhd")
+            sequence = (struct.unpack_from(">I", moof, start + 4)[0], start + 4)
+        elif child == b"traf":
+            _traf_timing(moof, start, end, default_durations or {}, tfdts, durations, counts)
+    if sequence is None:
+        raise Fmp4Error("moof has no mfhd")
+    if not counts:
+        raise Fmp4Error("moof has no traf")
+    return MoofTiming(sequence[0], sequence[1], tfdts, durations, counts)
+
+
+def _traf_timing(
+    data: bytes,
+    start: int,
+    end: int,
+    default_durations: dict[int, int],
+    tfdts: list[TfdtField],
+    durations: dict[int, int],
+    counts: dict[int, int],
+) -> None:
+    track_id: int | None = None
+    default_duration: int | None = None
+    for box_type, b_start, b_end in _children(data, start, end, "moof/traf"):
+        if box_type == b"tfhd":
+            _, flags = _full_box(data, b_start, b_end, 4, "tfhd")
+            track_id = struct.unpack_from(">I", data, b_start + 4)[0]
+            pos = b_start + 8 + (8 if flags & _TFHD_BASE_DATA_OFFSET else 0)
+            pos += 4 if flags & _TFHD_SAMPLE_DESCRIPTION_INDEX else 0
+            default_duration = default_durations.get(track_id)
+            if flags & _TFHD_DEFAULT_DURATION:
+                if pos + 4 > b_end:
+                    raise Fmp4Error("moof/traf: tfhd shorter than its flags say")
+                default_duration = struct.unpack_from(">I", data, pos)[0]
+        elif track_id is None:
+            raise Fmp4Error(f"moof/traf: {_name(box_type)!r} before tfhd")
+        elif box_type == b"tfdt":
+            version, _ = _full_box(data, b_start, b_end, 4, "tfdt")
+            if version == 1:
+                _full_box(data, b_start, b_end, 8, "tfdt v1")
+                value = struct.unpack_from(">Q", data, b_start + 4)[0]
+            elif version == 0:
+                value = struct.unpack_from(">I", data, b_start + 4)[0]
+            else:
+                raise Fmp4Error(f"moof/traf: tfdt version {version}")
+            tfdts.append(TfdtField(track_id, version, b_start + 4, value))
+        elif box_type == b"trun":
+            _, flags = _full_box(data, b_start, b_end, 4, "trun")
+            (count,) = struct.unpack_from(">I", data, b_start + 4)
+            pos = b_start + 8 + (4 if flags & _TRUN_DATA_OFFSET else 0) + (4 if flags & _TRUN_FIRST_SAMPLE_FLAGS else 0)
+            fields = (_TRUN_SAMPLE_DURATION, _TRUN_SAMPLE_SIZE, _TRUN_SAMPLE_FLAGS, _TRUN_SAMPLE_CTO)
+            per_sample = 4 * sum(1 for bit in fields if flags & bit)
+            if b_end - pos != count * per_sample:
+                raise Fmp4Error(f"moof/traf: trun claims {count} samples but holds {b_end - pos} bytes of entries")
+            if flags & _TRUN_SAMPLE_DURATION:  # the first field of each entry; one unpack for the whole table
+                total = sum(struct.unpack_from(f">{count * per_sample // 4}I", data, pos)[:: per_sample // 4])
+            elif default_duration is not None:
+                total = default_duration * count
+            else:
+                raise Fmp4Error(f"moof/traf: track {track_id} sample durations are given nowhere (trun, tfhd, trex)")
+            durations[track_id] = durations.get(track_id, 0) + total
+            counts[track_id] = counts.get(track_id, 0) + count
+    if track_id is None:
+        raise Fmp4Error("moof/traf: traf without tfhd")
+    counts.setdefault(track_id, 0)
+    durations.setdefault(track_id, 0)
