@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import httpx
 
+from nvr.demo.service import DEMO_UNIT
 from tests.api.conftest import free_port
 from tests.support.recording import sha256
 
@@ -23,7 +25,7 @@ def _nvr_json(env: dict[str, str], *args: str) -> object:
     return json.loads(r.stdout)
 
 
-def _api_answers_for_the_first_admin(env: dict[str, str], url: str) -> None:
+def _api_answers_for_the_first_admin(env: dict[str, str], url: str, tmp_path: Path) -> None:
     """The same process serves the API: the first admin, made on the command line, sees the demo camera."""
     made = subprocess.run(
         [sys.executable, "-m", "nvr", "user", "create", "--username", "chief", "--name", "Chief", "--staff-number", "1",
@@ -37,6 +39,58 @@ def _api_answers_for_the_first_admin(env: dict[str, str], url: str) -> None:
         cams = c.get("/api/v1/cameras", headers={"Authorization": f"Bearer {token.json()['token']}"}).json()
     assert [cam["id"] for cam in cams["cameras"]] == ["demo-1"]
     assert cams["cameras"][0]["stream_url"].startswith("rtsp://127.0.0.1:")  # admins see the URL (never credentials)
+    _officer_plays_what_was_recorded(env, url, token.json()["token"], tmp_path)
+
+
+def _officer_plays_what_was_recorded(env: dict[str, str], url: str, admin: str, tmp_path: Path) -> None:
+    rows = sorted(_nvr_json(env, "segments", "list", "--camera", "demo-1"), key=lambda r: r["seq"])  # type: ignore[arg-type]
+    start, end = rows[0]["start"], rows[-1]["end"]
+    pw = "another long password"
+    with httpx.Client(base_url=url, timeout=30) as c:
+        ids = {}
+        for name, role in (("appr", "approver"), ("olga", "officer")):
+            body = {
+                "username": name,
+                "full_name": name,
+                "staff_number": name,
+                "unit": DEMO_UNIT,
+                "roles": [role],
+                "password": pw,
+            }
+            r = c.post("/api/v1/users", json=body, headers={"Authorization": f"Bearer {admin}"})
+            assert r.status_code == 201, r.text
+            ids[name] = r.json()["id"]
+        tok = {n: c.post("/api/v1/auth/login", json={"username": n, "password": pw}).json()["token"] for n in ids}
+        grant = {
+            "user_id": ids["olga"], "cameras": ["demo-1"], "actions": ["playback"], "window": {"last_days": 1},
+            "valid_until": "2099-01-01T00:00:00Z", "purpose": "demo review", "case_ref": "DEMO-1",
+        }  # fmt: skip
+        r = c.post("/api/v1/grants", json=grant, headers={"Authorization": f"Bearer {tok['appr']}"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "grant_validity_too_long"
+        r = c.post(
+            "/api/v1/grants",
+            json={**grant, "valid_until": _in_days(30)},
+            headers={"Authorization": f"Bearer {tok['appr']}"},
+        )
+        assert r.status_code == 201, r.text
+        auth = {"Authorization": f"Bearer {tok['olga']}"}
+        listing = c.get("/api/v1/cameras/demo-1/recordings", params={"start": start, "end": end}, headers=auth).json()
+        assert len(listing["runs"]) == 1 and listing["runs"][0]["segments"] == len(rows)  # one run, touching
+        r = c.get(
+            "/api/v1/cameras/demo-1/playback", params={"start": start, "end": end, "purpose": "check"}, headers=auth
+        )
+    assert r.status_code == 200 and r.headers["x-nvr-gaps"] == "[]"
+    out = tmp_path / "played.mp4"
+    out.write_bytes(r.content)
+    with av.open(str(out)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert frames == sum(row["frames"] for row in rows)  # every recorded frame, nothing re-encoded or lost
+
+
+def _in_days(days: int) -> str:
+    import datetime as dt
+
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(days=days)).isoformat().replace("+00:00", "Z")
 
 
 def test_serve_demo_records_and_status_says_recording(nvr_env: dict[str, str], tmp_path: Path) -> None:
@@ -51,11 +105,11 @@ def test_serve_demo_records_and_status_says_recording(nvr_env: dict[str, str], t
             cams = _nvr_json(env, "status")["cameras"]  # type: ignore[index]
             demo = [c for c in cams if c["camera_id"] == "demo-1"]
             state = demo[0]["state"] if demo else None
-            if state == "recording" and demo[0]["segments_24h"] >= 1:
+            if state == "recording" and demo[0]["segments_24h"] >= 3:
                 break
             time.sleep(0.5)
         assert state == "recording", (tmp_path / "serve.log").read_text()
-        _api_answers_for_the_first_admin(env, f"http://127.0.0.1:{port}")
+        _api_answers_for_the_first_admin(env, f"http://127.0.0.1:{port}", tmp_path)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
