@@ -79,7 +79,7 @@ class BodyLimit:
 
 def create_app(services: Services) -> FastAPI:
     from api.routes import audit as audit_routes
-    from api.routes import auth, cameras, footage, grants, users
+    from api.routes import auth, cameras, footage, grants, requests, users
 
     app = FastAPI(
         title="NVR archive API",
@@ -92,7 +92,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
-    for module in (auth, users, cameras, grants, footage, audit_routes):
+    for module in (auth, users, cameras, grants, requests, footage, audit_routes):
         app.include_router(module.router, prefix=PREFIX)
 
     @app.middleware("http")

@@ -73,7 +73,7 @@ def _check_issuer(grantor: Principal, grantee: User, cam: Camera) -> None:
         )
 
 
-def _validate(spec: GrantSpec, now_us: int) -> tuple[list[str], list[str]]:
+def validate(spec: GrantSpec, now_us: int) -> tuple[list[str], list[str]]:
     actions = sorted(set(spec.actions), key=ACTIONS.index) if set(spec.actions) <= set(ACTIONS) else None
     if not actions:
         raise _fail(Kind.INVALID_ARGUMENT, "grant_actions_invalid", f"actions must be a non-empty subset of {ACTIONS}")
@@ -137,7 +137,7 @@ def _require_issuer(grantor: Principal) -> None:
 
 def create(s: Session, grantor: Principal, spec: GrantSpec, now_us: int) -> Grant:
     _require_issuer(grantor)
-    actions, cameras = _validate(spec, now_us)
+    actions, cameras = validate(spec, now_us)
     grantee = get_user(s, spec.user_id)
     _check_grantee(grantor, grantee, actions)
     for cid in cameras:

@@ -15,7 +15,7 @@ ACTIONS = ("live", "playback", "export")
 CAPABILITIES: dict[str, frozenset[str]] = {
     "admin": frozenset({"users.manage", "cameras.manage", "cameras.protected", "grants.oversee"}),
     "approver": frozenset({"grants.issue", "grants.oversee", "cameras.catalog"}),
-    "officer": frozenset({"footage"}),
+    "officer": frozenset({"footage", "footage.request"}),
     "operator": frozenset({"footage"}),
     "auditor": frozenset({"audit.read"}),
     "viewer": frozenset({"footage"}),

@@ -209,6 +209,31 @@ class Grant(Base):
     updated_us: Mapped[int] = mapped_column(BigInteger)
 
 
+class AccessRequest(Base):
+    """An officer's request for footage access for a case; an approver turns it into a grant or rejects it.
+    ``cameras`` and ``actions`` are comma-separated; the window and validity mean what they mean on a grant."""
+
+    __tablename__ = "access_requests"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    cameras: Mapped[str] = mapped_column(Text)
+    actions: Mapped[str] = mapped_column(String(100))
+    window_start_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_end_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    window_last_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    valid_until_us: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(Text)
+    case_ref: Mapped[str] = mapped_column(String(200))
+    max_streams: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20))
+    """pending, approved, rejected, withdrawn."""
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    decided_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+
+
 class GrantCamera(Base):
     __tablename__ = "grant_cameras"
     grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"), primary_key=True)

@@ -143,6 +143,7 @@ def _playback_ctx(request: Request) -> Ctx:
 @router.get(
     "/cameras/{camera_id}/playback",
     response_class=PlaybackStream,
+    status_code=200,  # PlaybackStream.__init__ has no status_code for FastAPI to infer it from (openapi.json 500s)
     responses={200: {"content": {"video/mp4": {}}, "description": "Fragmented MP4 of the window."}},
 )
 def playback(

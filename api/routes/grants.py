@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from api import audit, grants
 from api.context import Ctx, requires
-from api.routes.schemas import GrantBody, ReasonBody
+from api.routes.schemas import AccessRequestBody, GrantBody, ReasonBody
 from nvr.clock import parse_iso
 from nvr.errors import Kind, NvrError
 
@@ -19,22 +19,26 @@ def _opt_time(text: str | None) -> int | None:
     return None if text is None else parse_iso(text)
 
 
-@router.post("/grants", status_code=201)
-def create_grant(body: GrantBody, ctx: Annotated[Ctx, Depends(requires("grant.create"))]) -> dict[str, Any]:
-    ctx.hint(object_id=f"user:{body.user_id}", purpose=body.purpose, case_ref=body.case_ref)
-    spec = grants.GrantSpec(
-        user_id=body.user_id,
+def spec_from(body: AccessRequestBody, user_id: int, valid_from_us: int | None) -> grants.GrantSpec:
+    return grants.GrantSpec(
+        user_id=user_id,
         cameras=body.cameras,
         actions=body.actions,
         purpose=body.purpose,
         case_ref=body.case_ref,
         valid_until_us=parse_iso(body.valid_until),
-        valid_from_us=_opt_time(body.valid_from),
+        valid_from_us=valid_from_us,
         window_start_us=_opt_time(body.window.start),
         window_end_us=_opt_time(body.window.end),
         window_last_days=body.window.last_days,
         max_streams=body.max_streams,
     )
+
+
+@router.post("/grants", status_code=201)
+def create_grant(body: GrantBody, ctx: Annotated[Ctx, Depends(requires("grant.create"))]) -> dict[str, Any]:
+    ctx.hint(object_id=f"user:{body.user_id}", purpose=body.purpose, case_ref=body.case_ref)
+    spec = spec_from(body, body.user_id, _opt_time(body.valid_from))
     now = ctx.now_us
     with ctx.db.session() as s:
         g = grants.create(s, ctx.me, spec, now)

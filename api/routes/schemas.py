@@ -83,16 +83,19 @@ class WindowBody(Body):
     last_days: Annotated[int, Field(ge=1, le=3650)] | None = None
 
 
-class GrantBody(Body):
-    user_id: Annotated[int, Field(ge=1, le=2**62)]
+class AccessRequestBody(Body):
     cameras: Annotated[list[Annotated[str, Field(max_length=64)]], Field(min_length=1, max_length=1000)]
     actions: Annotated[list[Annotated[str, Field(max_length=20)]], Field(min_length=1, max_length=3)]
     window: WindowBody
-    valid_from: Annotated[str, Field(max_length=64)] | None = None
     valid_until: Annotated[str, Field(max_length=64)]
     purpose: Annotated[str, Field(min_length=1, max_length=2000)]
     case_ref: Text200
     max_streams: Annotated[int, Field(ge=1, le=16)] = 2
+
+
+class GrantBody(AccessRequestBody):
+    user_id: Annotated[int, Field(ge=1, le=2**62)]
+    valid_from: Annotated[str, Field(max_length=64)] | None = None
 
 
 class TicketBody(Body):

@@ -1,8 +1,8 @@
-"""people, grants, read pins, playback tickets, audit trail
+"""people, grants, access requests, read pins, playback tickets, audit trail
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-21 19:20:58.254199
+Create Date: 2026-11-21 19:40:22.861776
 """
 
 from alembic import op
@@ -111,6 +111,32 @@ def upgrade() -> None:
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_tokens_user_id'), ['user_id'], unique=False)
 
+    op.create_table('access_requests',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('requester_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('cameras', sa.Text(), nullable=False),
+    sa.Column('actions', sa.String(length=100), nullable=False),
+    sa.Column('window_start_us', sa.BigInteger(), nullable=True),
+    sa.Column('window_end_us', sa.BigInteger(), nullable=True),
+    sa.Column('window_last_days', sa.Integer(), nullable=True),
+    sa.Column('valid_until_us', sa.BigInteger(), nullable=False),
+    sa.Column('purpose', sa.Text(), nullable=False),
+    sa.Column('case_ref', sa.String(length=200), nullable=False),
+    sa.Column('max_streams', sa.Integer(), nullable=False),
+    sa.Column('state', sa.String(length=20), nullable=False),
+    sa.Column('decided_by', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('decided_us', sa.BigInteger(), nullable=True),
+    sa.Column('decision_reason', sa.Text(), nullable=True),
+    sa.Column('grant_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('created_us', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['decided_by'], ['users.id'], ),
+    sa.ForeignKeyConstraint(['grant_id'], ['grants.id'], ),
+    sa.ForeignKeyConstraint(['requester_id'], ['users.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('access_requests', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_access_requests_requester_id'), ['requester_id'], unique=False)
+
     op.create_table('grant_cameras',
     sa.Column('grant_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('camera_id', sa.String(length=64), nullable=False),
@@ -178,6 +204,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_grant_cameras_camera_id'))
 
     op.drop_table('grant_cameras')
+    with op.batch_alter_table('access_requests', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_access_requests_requester_id'))
+
+    op.drop_table('access_requests')
     with op.batch_alter_table('tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_tokens_user_id'))
 
