@@ -101,6 +101,8 @@ def create_app(services: Services) -> FastAPI:
         response = await call_next(request)
         response.headers["X-Request-Id"] = rid
         response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")  # ticket URLs must not leak to other sites
         return response
 
     @app.exception_handler(NvrError)
@@ -151,7 +153,14 @@ async def _refuse(request: Request, status: int, code: str, message: str) -> JSO
         except Exception:
             # The answer still goes out; the failure to audit is loud in the log.
             log.exception("could not write the audit event for a refused request (%s)", code)
-    return JSONResponse(error_body(code, message), status_code=status, headers={"X-Request-Id": request_id(request)})
+    headers = {"X-Request-Id": request_id(request)}
+    if status == 401:  # RFC 6750: no error attribute when no credentials came
+        headers["WWW-Authenticate"] = (
+            'Bearer realm="nvr"'
+            if code == "auth_required"
+            else f'Bearer realm="nvr", error="invalid_token", error_description="{code}"'
+        )
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
 def _record_denial(request: Request, status: int, code: str) -> None:

@@ -13,6 +13,7 @@ def test_unauthenticated_requests_get_401_with_a_stable_code(api) -> None:
         r = c.get("/api/v1/cameras")
         assert r.status_code == 401
         assert r.json() == {"error": {"code": "auth_required", "message": r.json()["error"]["message"]}}
+        assert r.headers["www-authenticate"].startswith("Bearer") and r.headers["x-content-type-options"] == "nosniff"
         forged = c.get("/api/v1/cameras", headers={"Authorization": "Bearer nvrs_forged"})
         assert (forged.status_code, forged.json()["error"]["code"]) == (401, "token_invalid")
         basic = c.get("/api/v1/cameras", headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
