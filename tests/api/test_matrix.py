@@ -165,3 +165,47 @@ def test_camera_listing_shows_only_granted_cameras_and_protected_fields_only_to_
             assert cam["latitude"] == pytest.approx(31.2304)
         else:
             assert not {"stream_url", "address", "latitude", "longitude", "installation_notes"} & set(cam)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_only_approvers_issue_grants_and_only_they_and_admins_see_all_grants(world, role) -> None:
+    api, _ = world
+    now = api.clock.now_us()
+    body = {
+        "user_id": api.ids["operator"],
+        "cameras": ["cam-b"],
+        "actions": ["playback"],
+        "window": {"last_days": 1},
+        "valid_until": iso(now + DAY_US),
+        "purpose": "p",
+        "case_ref": "c",
+    }
+    with api.client(role) as c:
+        made = c.post("/api/v1/grants", json=body)
+        seen = c.get("/api/v1/grants").json()["grants"]
+    if role == "approver":
+        assert made.status_code == 201
+    else:
+        assert (made.status_code, made.json()["error"]["code"]) == (403, "role_forbidden")
+    holders = {g["user_id"] for g in seen}
+    if role in ("admin", "approver"):
+        assert holders == {api.ids[r] for r in FOOTAGE_ROLES}
+    elif role in FOOTAGE_ROLES:
+        assert holders == {api.ids[role]}
+    else:
+        assert seen == []
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_playback_tickets_follow_the_same_grant_rules(world, role) -> None:
+    api, starts = world
+    body = {"start": iso(starts[0]), "end": iso(starts[1]), "purpose": "browser"}
+    with api.client(role) as c:
+        granted = c.post("/api/v1/cameras/cam-a/playback-tickets", json=body)
+        ungranted = c.post("/api/v1/cameras/cam-b/playback-tickets", json=body)
+    if role in FOOTAGE_ROLES:
+        assert granted.status_code == 201
+        assert (ungranted.status_code, ungranted.json()["error"]["code"]) == (404, "camera_not_found")
+    else:
+        assert (granted.status_code, granted.json()["error"]["code"]) == (403, "role_forbidden")
+        assert (ungranted.status_code, ungranted.json()["error"]["code"]) == (403, "role_forbidden")
