@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,6 +38,36 @@ STATUS = {
     Kind.RESOURCE_EXHAUSTED: 429,
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every refusal and failure: ``{"error": {"code": "...", "message": "..."}}``."""
+
+    error: ErrorDetail
+
+
+# Declared on every operation, so the OpenAPI document names the answers a client must handle (schemathesis checks
+# that no undocumented status code or content type comes back). 422 replaces FastAPI's own validation-error model,
+# which this API never sends.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "The request body could not be parsed."),
+        (401, "Not logged in: no token, or one that is unknown, expired or revoked."),
+        (403, "Your roles or grants do not allow this."),
+        (404, "No such thing, or none you may see."),
+        (409, "In conflict with the current state."),
+        (413, "The request body is too large."),
+        (422, "The request is not valid."),
+        (429, "Too many concurrent streams."),
+        (503, "Temporarily unavailable."),
+    )
+}
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -89,6 +120,7 @@ def create_app(services: Services) -> FastAPI:
         openapi_url=f"{PREFIX}/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)

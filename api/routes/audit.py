@@ -13,7 +13,11 @@ from nvr.clock import parse_iso
 router = APIRouter(tags=["audit"])
 
 
-@router.get("/audit", response_model=None)
+@router.get(
+    "/audit",
+    response_model=None,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "JSON, or CSV."}},
+)
 def read_audit(
     ctx: Annotated[Ctx, Depends(requires("audit.read", "audit.read"))],
     since: Annotated[str | None, Query(max_length=64)] = None,
