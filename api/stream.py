@@ -43,11 +43,13 @@ class PlaybackStream(Response):
     def __init__(self, job: StreamJob, headers: dict[str, str], total_bytes: int) -> None:
         super().__init__(content=None, media_type="video/mp4", headers={**headers, "Content-Length": str(total_bytes)})
         self.job = job
+        self.total_bytes = total_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         job = self.job
         sent = 0
         outcome, reason = "ok", None
+        complete = False
         gone = anyio.Event()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -80,8 +82,11 @@ class PlaybackStream(Response):
                     sent += len(chunk)
                 if outcome == "ok":
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    complete = True
                 tg.cancel_scope.cancel()
-            if gone.is_set() and outcome == "ok":
+            # Once the response is complete the server reports a disconnect at once, and a client that has every byte
+            # of the Content-Length may hang up before the closing message: neither is a client leaving early.
+            if gone.is_set() and outcome == "ok" and not complete and sent < self.total_bytes:
                 outcome, reason = "terminated", "client_closed"
         except OSError:
             outcome, reason = "terminated", "client_closed"
