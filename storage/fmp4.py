@@ -345,14 +345,7 @@ def _parse_traf(
         elif track_id is None:
             raise Fmp4Error(f"{where}: traf child {_name(box_type)!r} before tfhd")
         elif box_type == b"tfdt":
-            version, _ = _full_box(data, b_start, b_end, 4, "tfdt")
-            if version == 1:
-                _full_box(data, b_start, b_end, 8, "tfdt v1")
-                value = struct.unpack_from(">Q", data, b_start + 4)[0]
-            elif version == 0:
-                value = struct.unpack_from(">I", data, b_start + 4)[0]
-            else:
-                raise Fmp4Error(f"{where}: tfdt version {version}")
+            _version, value = _read_tfdt(data, b_start, b_end, where)
             tfdts.setdefault(track_id, value)
         elif box_type == b"trun":
             count, data_range = _parse_trun(data, b_start, b_end, where, base, next_data, default_size)
@@ -365,6 +358,17 @@ def _parse_traf(
     if track_id is None:
         raise Fmp4Error(f"{where}: traf without tfhd")
     counts.setdefault(track_id, 0)
+
+
+def _read_tfdt(data: bytes, b_start: int, b_end: int, where: str) -> tuple[int, int]:
+    """(version, baseMediaDecodeTime) of a tfdt box whose payload starts at ``b_start``."""
+    version, _ = _full_box(data, b_start, b_end, 4, "tfdt")
+    if version == 1:
+        _full_box(data, b_start, b_end, 8, "tfdt v1")
+        return version, struct.unpack_from(">Q", data, b_start + 4)[0]
+    if version == 0:
+        return version, struct.unpack_from(">I", data, b_start + 4)[0]
+    raise Fmp4Error(f"{where}: tfdt version {version}")
 
 
 def _parse_trun(
@@ -733,14 +737,7 @@ def _traf_timing(
         elif track_id is None:
             raise Fmp4Error(f"moof/traf: {_name(box_type)!r} before tfhd")
         elif box_type == b"tfdt":
-            version, _ = _full_box(data, b_start, b_end, 4, "tfdt")
-            if version == 1:
-                _full_box(data, b_start, b_end, 8, "tfdt v1")
-                value = struct.unpack_from(">Q", data, b_start + 4)[0]
-            elif version == 0:
-                value = struct.unpack_from(">I", data, b_start + 4)[0]
-            else:
-                raise Fmp4Error(f"moof/traf: tfdt version {version}")
+            version, value = _read_tfdt(data, b_start, b_end, "moof/traf")
             tfdts.append(TfdtField(track_id, version, b_start + 4, value))
         elif box_type == b"trun":
             _, flags = _full_box(data, b_start, b_end, 4, "trun")
