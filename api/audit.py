@@ -4,9 +4,10 @@ Every decision about footage, camera base information or administration writes o
 in the same transaction as the decision, so either both are stored or neither is. A denial's transaction holds
 nothing else: the request's work is rolled back and the denial is recorded on its own (api.app's error handler).
 
-Appending first bumps the single ``audit_head`` row: that row lock (PostgreSQL) or the write lock (SQLite; its
-driver opens the transaction at that first write) makes concurrent writers take turns, so sequence numbers have no
-holes and every event links to exactly one predecessor. Nothing in this package updates or deletes an event.
+Appending first bumps the single ``audit_head`` row (``UPDATE … RETURNING`` the new seq and the previous hash):
+that row lock (PostgreSQL) or the write lock (SQLite; its driver opens the transaction at that first write) makes
+concurrent writers take turns, so sequence numbers have no holes and every event links to exactly one predecessor.
+Nothing in this package updates or deletes an event.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from integrity import audit_chain
 from nvr.clock import iso
 from nvr.models import AuditEvent, AuditHead
 
+_HEAD = AuditHead.__table__
+_EVENTS = AuditEvent.__table__
 OUTCOMES = ("allowed", "denied", "ok", "terminated", "failed")
 
 
@@ -68,8 +71,11 @@ class Event:
 
 def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: Event) -> int:
     """Append one event; returns its sequence number. Call it last in the transaction: it serialises writers."""
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + 1))
-    seq, prev_hash = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    # Core statements on the connection: the ORM's bulk paths add nothing here and cost a third of the time.
+    conn = session.connection()
+    seq, prev_hash = conn.execute(
+        update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
+    ).one()
     row: dict[str, Any] = {
         "seq": seq,
         "at_us": now_us,
@@ -93,8 +99,14 @@ def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: E
         "bytes": ev.bytes,
     }
     digest = audit_chain.link(prev_hash, row)
-    session.execute(insert(AuditEvent).values(**row, prev_hash=prev_hash, hash=digest))
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
+    add_event = insert(_EVENTS).values(**row, prev_hash=prev_hash, hash=digest)
+    move_head = update(_HEAD).where(_HEAD.c.id == 1).values(hash=digest)
+    if conn.dialect.name == "postgresql":
+        # One round trip for both: a data-modifying CTE. (SQLite has none; it runs in-process anyway.)
+        conn.execute(add_event.add_cte(move_head.returning(_HEAD.c.id).cte("move_head")))
+    else:
+        conn.execute(add_event)
+        conn.execute(move_head)
     return int(seq)
 
 
