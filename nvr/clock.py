@@ -76,7 +76,11 @@ def parse_iso(text: str) -> int:
     try:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise NvrError(Kind.INVALID_ARGUMENT, "time_invalid", f"time {text!r} is not ISO 8601") from None
+        hint = ""
+        if " " in text.strip():
+            # A '+' in a URL query arrives as a space: 08:00:00+08:00 becomes '08:00:00 08:00'.
+            hint = "; in a URL, write the '+' of a zone offset as %2B (or use Z)"
+        raise NvrError(Kind.INVALID_ARGUMENT, "time_invalid", f"time {text!r} is not ISO 8601{hint}") from None
     if value.tzinfo is None:
         raise NvrError(
             Kind.INVALID_ARGUMENT, "time_invalid", f"time {text!r} has no time zone; add Z or an offset such as +08:00"

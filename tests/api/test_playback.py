@@ -109,6 +109,11 @@ def test_bad_windows_get_their_own_codes_and_write_only_the_denial(officer) -> N
         assert r.status_code in (404, 422) and r.json()["error"]["code"] in ("camera_id_invalid", "not_found")
         r = c.get("/api/v1/cameras/cam-a/playback", params={"start": iso(starts[0]), "end": iso(starts[1])})
         assert (r.status_code, r.json()["error"]["code"]) == (422, "request_invalid")  # purpose is required
+        # A '+' left unencoded in a query string arrives as a space; the message says how to write it.
+        raw = f"/api/v1/cameras/cam-a/playback?start=2026-11-21T08:00:00+08:00&end={iso(starts[1])}&purpose=x"
+        r = c.get(raw)
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "time_invalid")
+        assert "%2B" in r.json()["error"]["message"]
     with api.rt.db.session() as s:
         assert s.scalar(select(ReadPin.id)) is None
 
