@@ -75,7 +75,12 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 
 class BodyLimit:
-    """Refuse request bodies over the limit before reading them (413 ``body_too_large``), declared or streamed."""
+    """Refuse request bodies over the limit (413 ``body_too_large``) before the application sees them.
+
+    A declared ``Content-Length`` is judged at once (the server enforces the framing). A streamed (chunked) body is
+    read here, at most the limit plus one chunk, and handed on whole: the framework turns any error raised while it
+    reads a body into a generic 400, so the limit must be decided before it starts.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -86,26 +91,41 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            response = JSONResponse(
-                error_body("body_too_large", f"request bodies are limited to {self.limit} bytes"), status_code=413
-            )
-            await response(scope, receive, send)
+        if declared is not None:
+            if declared.isdigit() and int(declared) <= self.limit:
+                await self.app(scope, receive, send)
+            else:
+                await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise NvrError(
-                        Kind.INVALID_ARGUMENT, "body_too_large", f"request bodies are limited to {self.limit} bytes"
-                    )
-            return message
+            if message["type"] != "http.request":
+                return  # the client left before its body was complete
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, counted, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # later calls wait for the disconnect, as a streaming response needs
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse(
+            error_body("body_too_large", f"request bodies are limited to {self.limit} bytes"), status_code=413
+        )
+        await response(scope, receive, send)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -139,10 +159,7 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(NvrError)
     async def _nvr_error(request: Request, exc: NvrError) -> JSONResponse:
-        status = STATUS.get(exc.kind, 400)
-        if exc.code == "body_too_large":
-            status = 413
-        return await _refuse(request, status, exc.code, exc.message)
+        return await _refuse(request, STATUS.get(exc.kind, 400), exc.code, exc.message)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -108,3 +108,17 @@ def test_oversized_bodies_are_refused_before_reading(api) -> None:
     with api.client() as c:
         r = c.post("/api/v1/auth/login", content=b"x" * (api.rt.settings.api_max_body_bytes + 1))
         assert (r.status_code, r.json()["error"]["code"]) == (413, "body_too_large")
+
+
+def test_oversized_streamed_bodies_are_refused_too(api) -> None:
+    """Chunked, with no Content-Length: the limit is still 413, and a small chunked body still gets through."""
+
+    def body(n: int):
+        yield from (b"x" * 1024 for _ in range(n))
+
+    with api.client() as c:
+        r = c.post("/api/v1/auth/login", content=body(100), headers={"content-type": "application/json"})
+        assert (r.status_code, r.json()["error"]["code"]) == (413, "body_too_large")
+        small = iter([b'{"username": "nobody", "password": "wrong password"}'])
+        r = c.post("/api/v1/auth/login", content=small, headers={"content-type": "application/json"})
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "login_failed")
