@@ -19,7 +19,7 @@ from api.roles import ACTIONS, grantable_actions, parse_roles
 from nvr import registry
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
-from nvr.models import Camera, Grant, GrantCamera, Token, User
+from nvr.models import AccessRequest, Camera, Grant, GrantCamera, Token, User
 
 MAX_VALIDITY_DAYS = 365
 MAX_STREAMS = 16
@@ -217,17 +217,20 @@ def list_grants(s: Session, p: Principal, user_id: int | None = None, state: str
     return list(s.scalars(q.limit(1000)))
 
 
+def window_view(x: Grant | AccessRequest) -> dict[str, Any]:
+    """The footage window of a grant or an access request, as the API shows it."""
+    if x.window_last_days is not None:
+        return {"last_days": x.window_last_days}
+    return {"start": iso(x.window_start_us), "end": iso(x.window_end_us)}
+
+
 def view(s: Session, g: Grant, now_us: int) -> dict[str, Any]:
     return {
         "id": g.id,
         "user_id": g.user_id,
         "cameras": cameras_of(s, g.id),
         "actions": g.actions.split(","),
-        "window": (
-            {"last_days": g.window_last_days}
-            if g.window_last_days is not None
-            else {"start": iso(g.window_start_us), "end": iso(g.window_end_us)}
-        ),
+        "window": window_view(g),
         "valid_from": iso(g.valid_from_us),
         "valid_until": iso(g.valid_until_us),
         "purpose": g.purpose,

@@ -113,11 +113,7 @@ def view(r: AccessRequest) -> dict[str, Any]:
         "requester_id": r.requester_id,
         "cameras": r.cameras.split(","),
         "actions": r.actions.split(","),
-        "window": (
-            {"last_days": r.window_last_days}
-            if r.window_last_days is not None
-            else {"start": iso(r.window_start_us), "end": iso(r.window_end_us)}
-        ),
+        "window": grants.window_view(r),
         "valid_until": iso(r.valid_until_us),
         "purpose": r.purpose,
         "case_ref": r.case_ref,

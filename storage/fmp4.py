@@ -245,6 +245,15 @@ def _full_box(data: bytes, start: int, end: int, need: int, what: str) -> tuple[
     return version_flags >> 24, version_flags & 0xFFFFFF
 
 
+def _tkhd_track_id(data: bytes, start: int, end: int, where: str) -> int:
+    """track_ID of a tkhd box (after version/flags and the creation/modification times, 32 or 64 bits each)."""
+    version, _ = _full_box(data, start, end, 12, "tkhd")
+    skip = 16 if version == 1 else 8
+    if end - start < 4 + skip + 4:
+        raise Fmp4Error(f"{where}: tkhd too short")
+    return struct.unpack_from(">I", data, start + 4 + skip)[0]
+
+
 def _parse_moov(data: bytes, offset: int) -> dict[int, str]:
     """Track IDs and handler types; insists on mvex because only a fragmented file can be cut per fragment."""
     tracks: dict[int, str] = {}
@@ -258,11 +267,7 @@ def _parse_moov(data: bytes, offset: int) -> dict[int, str]:
             handler = "?"
             for t_type, t_start, t_end in _children(data, start, end, f"{where}/trak"):
                 if t_type == b"tkhd":
-                    version, _ = _full_box(data, t_start, t_end, 12, "tkhd")
-                    skip = 16 if version == 1 else 8
-                    if t_end - t_start < 4 + skip + 4:
-                        raise Fmp4Error(f"{where}: tkhd too short")
-                    track_id = struct.unpack_from(">I", data, t_start + 4 + skip)[0]
+                    track_id = _tkhd_track_id(data, t_start, t_end, where)
                 elif t_type == b"mdia":
                     for m_type, m_start, m_end in _children(data, t_start, t_end, f"{where}/mdia"):
                         if m_type == b"hdlr":
@@ -608,11 +613,7 @@ def _trak_init(data: bytes, start: int, end: int, where: str) -> tuple[int, str,
     stsd: bytes | None = None
     for t_type, t_start, t_end in _children(data, start, end, where):
         if t_type == b"tkhd":
-            version, _ = _full_box(data, t_start, t_end, 12, "tkhd")
-            skip = 16 if version == 1 else 8
-            if t_end - t_start < 4 + skip + 4:
-                raise Fmp4Error(f"{where}: tkhd too short")
-            track_id = struct.unpack_from(">I", data, t_start + 4 + skip)[0]
+            track_id = _tkhd_track_id(data, t_start, t_end, where)
             continue
         if t_type != b"mdia":
             continue
