@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 
 from api import audit, footage, grants, people
-from api.context import Ctx, authenticated, request_hint, services
+from api.context import Ctx, authenticated, request_hint, requires, services
 from api.routes.schemas import TicketBody
 from api.stream import PlaybackStream, StreamJob
 from nvr import registry
@@ -31,12 +31,10 @@ def _window(ctx: Ctx, start: str, end: str, max_us: int, what: str) -> tuple[int
     return start_us, end_us
 
 
-def _listing_ctx(request: Request) -> Ctx:
-    return authenticated(request, "recordings.list")
-
-
 @router.get("/cameras/{camera_id}/recordings")
-def recordings(camera_id: str, start: Time, end: Time, ctx: Annotated[Ctx, Depends(_listing_ctx)]) -> dict[str, Any]:
+def recordings(
+    camera_id: str, start: Time, end: Time, ctx: Annotated[Ctx, Depends(requires("recordings.list"))]
+) -> dict[str, Any]:
     """What exists in a window: continuous runs of segments, and the gaps between them with their reasons.
     Needs a grant with ``playback`` covering the camera and the window."""
     registry.validate_id(camera_id)
@@ -61,12 +59,10 @@ def recordings(camera_id: str, start: Time, end: Time, ctx: Annotated[Ctx, Depen
     return out
 
 
-def _ticket_ctx(request: Request) -> Ctx:
-    return authenticated(request, "playback.ticket")
-
-
 @router.post("/cameras/{camera_id}/playback-tickets", status_code=201)
-def playback_ticket(camera_id: str, body: TicketBody, ctx: Annotated[Ctx, Depends(_ticket_ctx)]) -> dict[str, Any]:
+def playback_ticket(
+    camera_id: str, body: TicketBody, ctx: Annotated[Ctx, Depends(requires("playback.ticket"))]
+) -> dict[str, Any]:
     """A short-lived URL for a ``<video src>`` (which cannot send an Authorization header). The grant is checked
     now and again when the URL is used; the ticket is bound to you, this camera, window and purpose."""
     registry.validate_id(camera_id)
