@@ -130,7 +130,7 @@ class BodyLimit:
 
 def create_app(services: Services) -> FastAPI:
     from api.routes import audit as audit_routes
-    from api.routes import auth, cameras, footage, grants, requests, users
+    from api.routes import auth, cameras, capacity, footage, grants, holds, policies, requests, system, users
 
     app = FastAPI(
         title="NVR archive API",
@@ -144,7 +144,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
-    for module in (auth, users, cameras, grants, requests, footage, audit_routes):
+    for module in (auth, users, cameras, grants, requests, footage, audit_routes, policies, holds, capacity, system):
         app.include_router(module.router, prefix=PREFIX)
 
     @app.middleware("http")

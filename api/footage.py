@@ -39,20 +39,26 @@ def segments_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[
 
     Two index range scans on (camera_id, start_us): the one segment that starts at or before ``start_us`` (it may
     reach into the window) and those starting inside it. A single ``end_us > start`` condition could not use
-    the index and would read every earlier segment of the camera.
+    the index and would read every earlier segment of the camera. Rows on the sweeper's garbage list are no
+    longer footage and are skipped.
     """
     cols = (Segment.seq, Segment.start_us, Segment.end_us, Segment.bytes, Volume.path, Segment.rel_path)
     before = s.execute(
         select(*cols)
         .join(Volume, Segment.volume_id == Volume.id)
-        .where(Segment.camera_id == camera_id, Segment.start_us <= start_us)
+        .where(Segment.camera_id == camera_id, Segment.start_us <= start_us, Segment.sweep_batch_id.is_(None))
         .order_by(Segment.start_us.desc())
         .limit(1)
     ).all()
     inside = s.execute(
         select(*cols)
         .join(Volume, Segment.volume_id == Volume.id)
-        .where(Segment.camera_id == camera_id, Segment.start_us > start_us, Segment.start_us < end_us)
+        .where(
+            Segment.camera_id == camera_id,
+            Segment.start_us > start_us,
+            Segment.start_us < end_us,
+            Segment.sweep_batch_id.is_(None),
+        )
         .order_by(Segment.start_us)
     ).all()
     rows = [r for r in before if r[2] > start_us] + list(inside)

@@ -13,11 +13,23 @@ ROLES = ("admin", "approver", "officer", "operator", "auditor", "viewer")
 ACTIONS = ("live", "playback", "export")
 
 CAPABILITIES: dict[str, frozenset[str]] = {
-    "admin": frozenset({"users.manage", "cameras.manage", "cameras.protected", "grants.oversee"}),
-    "approver": frozenset({"grants.issue", "grants.oversee", "cameras.catalog"}),
-    "officer": frozenset({"footage", "footage.request"}),
-    "operator": frozenset({"footage"}),
-    "auditor": frozenset({"audit.read"}),
+    "admin": frozenset(
+        {
+            "users.manage",
+            "cameras.manage",
+            "cameras.protected",
+            "grants.oversee",
+            "retention.manage",
+            "retention.read",
+            "system.monitor",
+        }
+    ),
+    "approver": frozenset(
+        {"grants.issue", "grants.oversee", "cameras.catalog", "holds.place", "holds.release", "retention.read"}
+    ),
+    "officer": frozenset({"footage", "footage.request", "holds.place"}),
+    "operator": frozenset({"footage", "system.monitor"}),
+    "auditor": frozenset({"audit.read", "retention.read"}),
     "viewer": frozenset({"footage"}),
 }
 # Which footage actions a grant may give a holder of each role.

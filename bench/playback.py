@@ -100,6 +100,7 @@ COLUMNS = (
     "link",
     "recovered",
     "created_us",
+    "retain_until_us",
 )
 GOALS = {
     "playback_ttfb": {"p50": 50.0, "p99": 150.0},
@@ -211,7 +212,7 @@ def camera_rows(cam: str, links: list[str], plan: dict[str, Any], vol_id: str, c
         start = t0 + i * seg_us
         yield (
             cam, i + 1, vol_id, rels[i % len(rels)], start, start + dur, dur, clip["bytes"], clip["frames"], "h264", 0,
-            clip["sha256"], prev, link, False, created,
+            clip["sha256"], prev, link, False, created, start + dur + 30 * 86_400_000_000,
         )  # fmt: skip
         prev = link
 

@@ -32,6 +32,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Real-name users of the API.")
 audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
 app.add_typer(user_app, name="user")
 app.add_typer(audit_app, name="audit")
+retention_app = typer.Typer(no_args_is_help=True, help="Retention policies, evidence holds and the sweeper.")
+app.add_typer(retention_app, name="retention")
 
 log = logging.getLogger("nvr")
 _state: dict[str, Any] = {}
@@ -565,3 +567,7 @@ def audit_verify(as_json: JsonOpt = False) -> None:
         return
     _emit(data, as_json, f"AUDIT TRAIL BROKEN at {problem} ({checked} event(s) verified before it)")
     raise typer.Exit(1)
+
+
+# Command groups kept in their own modules register onto the apps above (they import this module's helpers).
+from nvr import cli_capacity, cli_holds, cli_policies, cli_sweep  # noqa: E402,F401

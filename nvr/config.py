@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     volume_min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     """Critical mark: below this much free space the recorder stops writing to a volume and alarms."""
 
+    retention_floor_days: int = Field(default=30, ge=30, le=36_500)
+    """The system's retention floor: no policy may keep footage for less. It may be raised, never below 30."""
+    retention_high_water_percent: float = Field(default=90.0, gt=0, le=100)
+    """Above this much of a volume used, the sweeper deletes the oldest footage past its retention (oldest first,
+    across cameras) until the volume is back under the low-water mark."""
+    retention_low_water_percent: float = Field(default=85.0, gt=0, le=100)
+    sweep_interval_seconds: float = Field(default=300.0, ge=1, le=86_400)
+    """How often ``nvr serve`` runs the sweeper."""
+    sweep_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    """Segments per sweeper batch (one garbage-list round and one audit event each)."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     api_host: str = "127.0.0.1"
@@ -98,6 +109,8 @@ class Settings(BaseSettings):
     def _backoff_order(self) -> Settings:
         if self.reconnect_max_seconds < self.reconnect_min_seconds:
             raise ValueError("reconnect_max_seconds must not be below reconnect_min_seconds")
+        if self.retention_low_water_percent > self.retention_high_water_percent:
+            raise ValueError("retention_low_water_percent must not be above retention_high_water_percent")
         return self
 
     @property

@@ -52,6 +52,23 @@ class Camera(Base):
     state_changed_us: Mapped[int] = mapped_column(BigInteger)
     created_us: Mapped[int] = mapped_column(BigInteger)
     updated_us: Mapped[int] = mapped_column(BigInteger)
+    policy_id: Mapped[int] = mapped_column(ForeignKey("retention_policies.id"), index=True)
+    """Its retention policy: every camera has exactly one (the default one unless another is assigned)."""
+
+
+class RetentionPolicy(Base):
+    """How long footage is kept. ``min_days`` is the floor (never below the system floor, 30 days); ``max_days``,
+    when set, is how old footage may get before the sweeper removes it (once nothing else protects it)."""
+
+    __tablename__ = "retention_policies"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    min_days: Mapped[int] = mapped_column(Integer)
+    max_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
 
 
 class CameraStateChange(Base):
@@ -110,6 +127,81 @@ class Segment(Base):
     recovered: Mapped[bool] = mapped_column(Boolean, default=False)
     """True when start-up recovery cut this segment back from a file a crash left behind."""
     created_us: Mapped[int] = mapped_column(BigInteger)
+    retain_until_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    """Nothing deletes or rewrites the segment before this: its end plus its camera's ``min_days`` when it was
+    finished; raising a policy moves it later, nothing ever moves it earlier. Not part of the chain link."""
+    sweep_batch_id: Mapped[int | None] = mapped_column(ForeignKey("sweep_batches.id"), nullable=True, index=True)
+    """Set when the sweeper has marked the segment for deletion (its garbage list); such a row is no longer
+    footage: listings and playback skip it, and the batch finishes or resumes its deletion."""
+
+
+class SweepBatch(Base):
+    """One step of the sweeper's garbage list: mark rows → unlink files → remove rows and write tombstones.
+    ``state`` is ``marked``, ``unlinked`` or ``done``; a batch not ``done`` is resumed by the next sweep."""
+
+    __tablename__ = "sweep_batches"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(40))
+    """``max_age`` or ``space`` (or both, comma-separated)."""
+    segments: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    finished_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    actor: Mapped[str] = mapped_column(String(200))
+
+
+class SegmentTombstone(Base):
+    """Stands for segments ``first_seq..last_seq`` of a camera the sweeper deleted: ``prev_link`` is the link the
+    first of them continued from and ``last_link`` the link of the last, so the chain still verifies across the
+    hole (integrity.chain.verify_rows). Adjacent deletions of one camera extend one tombstone."""
+
+    __tablename__ = "segment_tombstones"
+    __table_args__ = (Index("ix_tombstones_camera_seq", "camera_id", "first_seq", unique=True),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    prev_link: Mapped[str] = mapped_column(String(64))
+    last_link: Mapped[str] = mapped_column(String(64))
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    end_us: Mapped[int] = mapped_column(BigInteger)
+    segments: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    deleted_us: Mapped[int] = mapped_column(BigInteger)
+    """When the newest part of it was deleted."""
+    last_batch_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class EvidenceHold(Base):
+    """Keeps every segment of its cameras overlapping [start_us, end_us) — ``end_us`` None: until released, which
+    also covers footage still being recorded — unaltered, past any retention, until two people release it.
+
+    ``state``: ``active``; ``release_requested`` (one user with the release permission asked; still protects);
+    ``released`` (a second, different user confirmed; protects nothing any more)."""
+
+    __tablename__ = "evidence_holds"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    case_ref: Mapped[str] = mapped_column(String(200), index=True)
+    title: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    end_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    state: Mapped[str] = mapped_column(String(20))
+    placed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    placed_by_name: Mapped[str] = mapped_column(String(200))
+    placed_us: Mapped[int] = mapped_column(BigInteger)
+    release_requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    release_requested_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    released_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    released_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class HoldCamera(Base):
+    __tablename__ = "hold_cameras"
+    hold_id: Mapped[int] = mapped_column(ForeignKey("evidence_holds.id"), primary_key=True)
+    camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"), primary_key=True, index=True)
 
 
 class Gap(Base):

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nvr.errors import Kind, NvrError
-from nvr.models import Camera, CameraStateChange
+from nvr.models import Camera, CameraStateChange, RetentionPolicy
 
 SHARE_CLASSES = ("unconditional", "authorized", "non_shared")
 STATES = ("registered", "active", "suspended", "decommissioned")
@@ -147,6 +147,9 @@ def add(session: Session, camera_id: str, fields: CameraFields, *, actor: str, n
     _validate_fields(fields)
     if session.get(Camera, camera_id) is not None:
         raise NvrError(Kind.CONFLICT, "camera_exists", f"camera {camera_id!r} already exists")
+    policy_id = session.scalar(select(RetentionPolicy.id).where(RetentionPolicy.is_default.is_(True)))
+    if policy_id is None:
+        raise NvrError(Kind.FAILED_PRECONDITION, "policy_default_missing", "no default retention policy exists")
     cam = Camera(
         id=camera_id,
         name=fields.name,
@@ -161,6 +164,7 @@ def add(session: Session, camera_id: str, fields: CameraFields, *, actor: str, n
         state_changed_us=now_us,
         created_us=now_us,
         updated_us=now_us,
+        policy_id=policy_id,
     )
     session.add(cam)
     session.flush()

@@ -120,6 +120,7 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
                 sha256=sha256_file(final),
                 recovered=recovered,
                 now_us=ctx.clock.now_us(),
+                floor_days=ctx.settings.retention_floor_days,
             )
         outcome = "recovered" if recovered else "registered"
         log.warning(

@@ -387,6 +387,7 @@ class CameraWorker(threading.Thread):
                 sha256=done.sha256,
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
+                floor_days=self.ctx.settings.retention_floor_days,
             )
 
     def _close_segment(self) -> None:

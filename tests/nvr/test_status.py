@@ -40,6 +40,7 @@ def _segment(s, cam: str, seq: int, start: int, end: int, vol: str) -> None:
             link=f"{seq + 1:064x}",
             recovered=False,
             created_us=end,
+            retain_until_us=end + 30 * 86_400_000_000,
         )
     )
 

@@ -95,6 +95,7 @@ def add_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> list
                 sha256=digest,
                 recovered=False,
                 now_us=rt.clock.now_us(),
+                floor_days=rt.settings.retention_floor_days,
             )
             starts.append(t)
     return starts

@@ -1,0 +1,3 @@
+"""``nvr capacity``: the capacity forecast."""
+
+from __future__ import annotations

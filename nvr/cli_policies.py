@@ -1,0 +1,3 @@
+"""``nvr retention policy ...``: retention policies and camera assignment."""
+
+from __future__ import annotations
