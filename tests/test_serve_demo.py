@@ -34,7 +34,7 @@ def _api_answers_for_the_first_admin(env: dict[str, str], url: str, tmp_path: Pa
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     with httpx.Client(base_url=url, timeout=10) as c:
-        assert c.get("/api/v1/health").json() == {"status": "ok"}
+        assert c.get("/api/v1/health").json() == {"status": "ok", "alarms": []}
         token = c.post("/api/v1/auth/login", json={"username": "chief", "password": "a long enough password"})
         cams = c.get("/api/v1/cameras", headers={"Authorization": f"Bearer {token.json()['token']}"}).json()
     assert [cam["id"] for cam in cams["cameras"]] == ["demo-1"]

@@ -42,12 +42,6 @@ def token_view(t: Token) -> dict[str, Any]:
     }
 
 
-@router.get("/health")
-def health() -> dict[str, str]:
-    """Liveness for load balancers: no login, not audited, reveals nothing."""
-    return {"status": "ok"}
-
-
 @router.post("/auth/login", status_code=201)
 def login(body: LoginBody, ctx: Annotated[Ctx, Depends(anonymous("auth.login"))]) -> dict[str, Any]:
     """Exchange a user name and password for a session token (``Authorization: Bearer <token>``)."""

@@ -18,6 +18,7 @@ from nvr import registry
 from nvr.clock import iso, parse_iso
 from nvr.errors import Kind, NvrError
 from nvr.models import PlaybackTicket
+from storage import pins
 
 router = APIRouter(tags=["footage"])
 Time = Annotated[str, Query(max_length=64, description="ISO 8601 with a zone, e.g. 2026-11-21T08:00:00Z")]
@@ -158,25 +159,34 @@ def playback(
     start_us, end_us = _window(ctx, start, end, ctx.settings.playback_max_seconds * 1_000_000, "playback")
     now = ctx.now_us
     meta = ctx.meta
+    # The pin is committed before the segments are read: the sweeper marks rows, commits, then re-checks pins,
+    # so either it sees this pin and spares the segments, or this read sees its marks and skips them
+    # (docs/retention/sweeper.md). Planning first could hand the stream a file being unlinked.
     with ctx.db.session() as s:
         g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
         ctx.hint(case_ref=g.case_ref, object_id=f"grant:{g.id}")
-        plan = footage.plan(s, camera_id, start_us, end_us)
         pin = footage.pin(s, ctx.me, g, camera_id, start_us, end_us, now, meta.request_id or "")
-        fields = dict(
-            camera_id=camera_id,
-            window_start_us=start_us,
-            window_end_us=end_us,
-            object_id=f"grant:{g.id}",
-            purpose=purpose,
-            case_ref=g.case_ref,
-        )
-        ctx.record(
-            s,
-            audit.Event(
-                "playback.start", "allowed", **fields, reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
-            ),
-        )
+    fields = dict(
+        camera_id=camera_id,
+        window_start_us=start_us,
+        window_end_us=end_us,
+        object_id=f"grant:{g.id}",
+        purpose=purpose,
+        case_ref=g.case_ref,
+    )
+    try:
+        with ctx.db.session() as s:
+            plan = footage.plan(s, camera_id, start_us, end_us)
+            ctx.record(
+                s,
+                audit.Event(
+                    "playback.start", "allowed", **fields, reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
+                ),
+            )
+    except BaseException:
+        with ctx.db.session() as s:
+            pins.unpin(s, pin.id)
+        raise
     headers = {
         "X-Nvr-Start": iso(plan.first_us) or "",
         "X-Nvr-End": iso(plan.end_us) or "",

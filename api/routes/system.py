@@ -1,7 +1,122 @@
-"""Health details and Prometheus metrics (storage_full and other alarms)."""
+"""Health details and Prometheus metrics: storage alarms (``storage_full`` with the cameras it stopped), volumes,
+recorder states. For the people who keep the system running (``system.monitor``: admins and operators).
+
+The anonymous ``GET /health`` (api/routes/auth.py) says only ``ok`` or ``degraded`` and the alarm codes; which
+cameras are affected is camera information, so it is shown here, to a logged-in monitor, and audited.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from api import audit
+from api.context import Ctx, anonymous, requires
+from nvr.models import Camera, RecorderState, Segment
+from nvr.status import STALE_US
+from storage.alarms import StorageAlarms, storage_alarms
 
 router = APIRouter(tags=["system"])
+RECORDER_STATES = ("recording", "reconnecting", "error", "offline")
+
+
+def alarms_now(ctx: Ctx) -> StorageAlarms:
+    with ctx.db.session() as s:
+        return storage_alarms(s, ctx.settings, ctx.db.database_id(), ctx.now_us)
+
+
+@router.get("/health")
+def health(ctx: Annotated[Ctx, Depends(anonymous("health"))]) -> dict[str, Any]:
+    """Liveness for load balancers and a first look for people: no login, not audited. ``status`` is ``ok`` or
+    ``degraded``, with the alarm codes (``storage_full``, ``volume_critical``, ``volume_unavailable``); which
+    cameras and volumes are affected is at ``GET /system/health``."""
+    codes = alarms_now(ctx).codes
+    return {"status": "degraded" if codes else "ok", "alarms": codes}
+
+
+@router.get("/system/health")
+def system_health(ctx: Annotated[Ctx, Depends(requires("system.health", "system.monitor"))]) -> dict[str, Any]:
+    """Alarms with the cameras and volumes they concern: ``storage_full`` lists the cameras whose recording
+    stopped because no volume had room; each volume says ``ok``, ``high_water``, ``critical`` or ``unavailable``."""
+    found = alarms_now(ctx)
+    with ctx.db.session() as s:
+        ctx.record(s, audit.Event("system.health", "allowed", reason=",".join(found.codes) or "ok"))
+    return {"status": "degraded" if found.codes else "ok", **found.as_dict()}
+
+
+class _Collector:
+    """Computed at scrape time from the database and the volumes, so every process reports the same truth."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        ctx = self.ctx
+        now = ctx.now_us
+        with ctx.db.session() as s:
+            found = storage_alarms(s, ctx.settings, ctx.db.database_id(), now)
+            states = dict(
+                s.execute(
+                    select(RecorderState.camera_id, RecorderState.state)
+                    .join(Camera, Camera.id == RecorderState.camera_id)
+                    .where(Camera.state == "active", RecorderState.heartbeat_us >= now - STALE_US)
+                ).all()
+            )
+            active = list(s.scalars(select(Camera.id).where(Camera.state == "active").order_by(Camera.id)))
+            stored = dict(
+                s.execute(
+                    select(Segment.camera_id, func.sum(Segment.bytes))
+                    .where(Segment.sweep_batch_id.is_(None))
+                    .group_by(Segment.camera_id)
+                ).all()
+            )
+        full = GaugeMetricFamily(
+            "nvr_storage_full", "1 when recording of the camera stopped because no volume had room", labels=["camera"]
+        )
+        for cam in active:
+            full.add_metric([cam], 1.0 if cam in found.storage_full_cameras else 0.0)
+        yield full
+        yield GaugeMetricFamily(
+            "nvr_storage_full_cameras", "Cameras stopped by storage_full", value=len(found.storage_full_cameras)
+        )
+        rec = GaugeMetricFamily(
+            "nvr_recorder_state", "1 for the recorder state of each active camera", labels=["camera", "state"]
+        )
+        for cam in active:
+            current = states.get(cam, "offline")
+            for st in RECORDER_STATES:
+                rec.add_metric([cam, st], 1.0 if current == st else 0.0)
+        yield rec
+        size = GaugeMetricFamily("nvr_camera_stored_bytes", "Footage bytes kept per camera", labels=["camera"])
+        for cam, total in sorted(stored.items()):
+            size.add_metric([cam], float(total or 0))
+        yield size
+        free = GaugeMetricFamily("nvr_volume_free_bytes", "Free bytes on each volume", labels=["volume"])
+        total = GaugeMetricFamily("nvr_volume_total_bytes", "Size of each volume", labels=["volume"])
+        state = GaugeMetricFamily("nvr_volume_state", "1 for the state of each volume", labels=["volume", "state"])
+        for v in found.volumes:
+            if v.free_bytes is not None and v.total_bytes is not None:
+                free.add_metric([v.path], float(v.free_bytes))
+                total.add_metric([v.path], float(v.total_bytes))
+            for st in ("ok", "high_water", "critical", "unavailable"):
+                state.add_metric([v.path, st], 1.0 if v.state == st else 0.0)
+        yield free
+        yield total
+        yield state
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format."}},
+)
+def metrics(ctx: Annotated[Ctx, Depends(requires("system.metrics", "system.monitor"))]) -> Response:
+    """Prometheus metrics (scrape with a personal token of an admin or operator). Scrapes are not audited one by
+    one: they carry no footage, and a scrape every 15 s would drown the audit trail."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(ctx))  # type: ignore[arg-type]
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select, update
 
+from integrity import audit_log
 from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
@@ -25,6 +27,8 @@ class RecorderContext:
     clock: Clock
     database_id: str
     volumes: list[vol.VolumeInfo]
+    on_storage_full: Callable[[], None] | None = None
+    """Called when a worker finds no volume with room (``nvr serve`` wakes the sweeper with it)."""
 
     def pick_volume(self) -> vol.VolumeInfo:
         """The volume with the most free space above the critical mark, after checking its identity.
@@ -90,6 +94,19 @@ class RecorderContext:
     def event(self, camera_id: str, kind: str, detail: str) -> None:
         with self.db.session() as s:
             s.add(CameraEvent(camera_id=camera_id, at_us=self.clock.now_us(), kind=kind, detail=detail))
+
+    def alarm_storage_full(self, camera_id: str, detail: str) -> None:
+        """Recording stopped for lack of space: an audit event (once per outage), then whoever must act."""
+        with self.db.session() as s:
+            audit_log.record(
+                s,
+                self.clock.now_us(),
+                audit_log.SYSTEM,
+                audit_log.INTERNAL,
+                audit_log.Event("storage.full", "failed", camera_id=camera_id, reason=detail),
+            )
+        if self.on_storage_full is not None:
+            self.on_storage_full()
 
     # --- gaps --------------------------------------------------------------------------------------------
     def open_gap(self, camera_id: str, start_us: int, reason: str, detail: str | None) -> int:

@@ -111,6 +111,7 @@ class CameraWorker(threading.Thread):
         """Journals of segments whose finish failed; registered before any later segment."""
         self._gap_start_us: int | None = None
         self._gap_open = False
+        self._storage_full_alarmed = False
 
     # --- thread entry -------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -151,6 +152,9 @@ class CameraWorker(threading.Thread):
                     break
                 self._begin_outage(reason_code, reason)
                 self._set_state(state, f"{reason_code}: {reason}")
+                if reason_code == "storage_full" and not self._storage_full_alarmed:
+                    self._storage_full_alarmed = True
+                    self.ctx.alarm_storage_full(self.camera_id, reason)
             except Exception:
                 # The database or the volume is failing too: keep the thread (and its pending journals) alive
                 # and try again after the backoff rather than dying and losing the order of the chain.
@@ -433,6 +437,7 @@ class CameraWorker(threading.Thread):
             )
         self._gap_open = False
         self._gap_start_us = None
+        self._storage_full_alarmed = False
 
     def _set_state(self, state: str, reason: str | None) -> None:
         self.state = state

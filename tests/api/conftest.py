@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,31 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 
-from api import people
-from api.app import create_app
-from api.context import Services
-from api.roles import validate_roles
 from nvr.clock import FakeClock, iso
-from nvr.models import User
 from nvr.runtime import Runtime
 from tests.support import footage
+from tests.support.api_server import DAY_US, PASSWORD, make_user, running_api
 
-DAY_US = 86_400_000_000
-PASSWORD = "correct horse battery staple"
-
-
-@functools.cache
-def _password_hash() -> str:
-    return PasswordHasher().hash(PASSWORD)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["DAY_US", "PASSWORD", "Api"]
 
 
 @dataclass
@@ -56,24 +35,7 @@ class Api:
     def user(self, username: str, roles: list[str], unit: str = "Unit A") -> int:
         """A user with a session token, written directly with one argon2 hash of PASSWORD made per test run
         (hashing costs ~0.1 s a user; creating users through the API and the CLI is tested on its own)."""
-        now = self.clock.now_us()
-        with self.rt.db.session() as s:
-            u = User(
-                username=username,
-                full_name=username.title(),
-                staff_number=f"S-{username}",
-                unit=unit,
-                roles=validate_roles(roles),
-                state="active",
-                password_hash=_password_hash(),
-                created_us=now,
-                updated_us=now,
-            )
-            s.add(u)
-            s.flush()
-            _, secret = people.issue_token(s, u, "session", None, now_us=now, expires_us=now + 60 * DAY_US)
-            self.tokens[username] = secret
-            self.ids[username] = u.id
+        self.ids[username], self.tokens[username] = make_user(self.rt, self.clock, username, roles, unit)
         return self.ids[username]
 
     def grant(self, approver: str, grantee: str, cameras: list[str], **over: Any) -> dict[str, Any]:
@@ -108,18 +70,8 @@ def api(settings_factory, tmp_path: Path) -> Iterator[Api]:
     clock = FakeClock(start_us=time.time_ns() // 1000)
     rt = Runtime.open(settings_factory(), clock=clock)
     rt.init_default_volume()
-    port = free_port()
-    app = create_app(Services(rt.settings, rt.db, clock))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "API server did not start"
-        time.sleep(0.02)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    yield Api(rt, clock, f"http://127.0.0.1:{port}", scratch)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_api(rt, clock) as url:
+        yield Api(rt, clock, url, scratch)
     rt.db.dispose()

@@ -1,0 +1,107 @@
+"""Storage alarms, computed from the volumes and the recorders' reported states, so any process can tell.
+
+A volume is ``ok``, ``high_water`` (fuller than the sweeper's high-water mark: it is deleting expired footage),
+``critical`` (free space below ``volume_min_free_bytes``: the recorder stops writing there) or ``unavailable``
+(missing, foreign identity, unreadable). ``storage_full`` is raised when a camera's recorder stopped because no
+volume had room: the recorder reports ``error`` with a reason starting ``storage_full``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nvr.clock import iso
+from nvr.config import Settings
+from nvr.errors import NvrError
+from nvr.models import Camera, RecorderState
+from storage import volumes as vol
+
+# A recorder that has not reported for this long is not recording at all; its last state no longer counts.
+STALE_US = 20_000_000
+
+
+@dataclass
+class VolumeState:
+    id: str | None
+    path: str
+    state: str
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+    used_percent: float | None = None
+    detail: str | None = None
+
+
+@dataclass
+class StorageAlarms:
+    volumes: list[VolumeState] = field(default_factory=list)
+    storage_full_cameras: list[str] = field(default_factory=list)
+    storage_full_since: str | None = None
+
+    @property
+    def storage_full(self) -> bool:
+        return bool(self.storage_full_cameras)
+
+    @property
+    def codes(self) -> list[str]:
+        out = []
+        if self.storage_full:
+            out.append("storage_full")
+        if any(v.state == "critical" for v in self.volumes) and not self.storage_full:
+            out.append("volume_critical")
+        if any(v.state == "unavailable" for v in self.volumes):
+            out.append("volume_unavailable")
+        return out
+
+    def as_dict(self) -> dict:
+        return {
+            "alarms": self.codes,
+            "storage_full": {"cameras": self.storage_full_cameras, "since": self.storage_full_since}
+            if self.storage_full
+            else None,
+            "volumes": [asdict(v) for v in self.volumes],
+        }
+
+
+def volume_state(settings: Settings, database_id: str, volume_id: str | None, path: Path) -> VolumeState:
+    try:
+        vol.check_volume(path, database_id, volume_id)
+        usage = shutil.disk_usage(path)
+    except NvrError as exc:
+        return VolumeState(volume_id, str(path), "unavailable", detail=f"{exc.code}: {exc.message}")
+    except OSError as exc:
+        return VolumeState(volume_id, str(path), "unavailable", detail=str(exc))
+    used = 100.0 * (usage.total - usage.free) / usage.total if usage.total else 100.0
+    if usage.free < settings.volume_min_free_bytes:
+        state = "critical"
+    elif used > settings.retention_high_water_percent:
+        state = "high_water"
+    else:
+        state = "ok"
+    return VolumeState(volume_id, str(path), state, usage.total, usage.free, round(used, 2))
+
+
+def storage_alarms(session: Session, settings: Settings, database_id: str, now_us: int) -> StorageAlarms:
+    out = StorageAlarms()
+    for path in settings.effective_volumes:
+        row = session.scalar(select(vol.Volume).where(vol.Volume.path == str(path)))
+        out.volumes.append(volume_state(settings, database_id, row.id if row else None, path))
+    rows = session.execute(
+        select(RecorderState.camera_id, RecorderState.since_us)
+        .join(Camera, Camera.id == RecorderState.camera_id)
+        .where(
+            Camera.state == "active",
+            RecorderState.state == "error",
+            RecorderState.reason.like("storage_full%"),
+            RecorderState.heartbeat_us >= now_us - STALE_US,
+        )
+        .order_by(RecorderState.camera_id)
+    ).all()
+    out.storage_full_cameras = [r[0] for r in rows]
+    if rows:
+        out.storage_full_since = iso(min(r[1] for r in rows))
+    return out
