@@ -14,6 +14,7 @@ from api.people import Principal
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import Gap, Grant, ReadPin, Segment, Volume
+from retention import holds
 from storage import pins
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ def segments_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[
 
 
 def recordings(s: Session, camera_id: str, start_us: int, end_us: int) -> dict[str, Any]:
-    """What exists in the window: segments merged into continuous runs, and the holes between them (with the
-    recorder's reason where it recorded one)."""
+    """What exists in the window: segments merged into continuous runs, the holes between them (with the
+    recorder's reason where it recorded one), and the unreleased evidence holds overlapping it."""
     runs: list[list[int]] = []
     count = 0
     for _seq, a, b, _n, _vp, _rp in segments_in(s, camera_id, start_us, end_us):
@@ -112,6 +113,7 @@ def recordings(s: Session, camera_id: str, start_us: int, end_us: int) -> dict[s
         "gaps": [
             {"start": iso(a), "end": iso(b), "start_us": a, "end_us": b, "reason": reason(a, b)} for a, b in holes
         ],
+        "holds": holds.overlapping(s, camera_id, start_us, end_us),
     }
 
 

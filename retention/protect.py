@@ -14,7 +14,7 @@ there is no window between checking and selecting in which a hold or pin could s
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
+from sqlalchemy import BigInteger, ColumnElement, and_, cast, exists, not_, or_, select
 
 from nvr.models import Camera, EvidenceHold, HoldCamera, ReadPin, RetentionPolicy, Segment
 from storage.pins import PIN_STALE_US
@@ -54,7 +54,10 @@ def retention_passed(now_us: int, floor_days: int) -> ColumnElement[bool]:
     policy_keeps = exists(
         select(Camera.id)
         .join(RetentionPolicy, RetentionPolicy.id == Camera.policy_id)
-        .where(Camera.id == Segment.camera_id, Segment.end_us + RetentionPolicy.min_days * DAY_US > now_us)
+        .where(
+            Camera.id == Segment.camera_id,
+            Segment.end_us + cast(RetentionPolicy.min_days, BigInteger) * DAY_US > now_us,
+        )
     )
     return and_(
         Segment.retain_until_us <= now_us,

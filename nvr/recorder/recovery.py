@@ -24,6 +24,7 @@ from sqlalchemy import select
 from integrity.hashing import sha256_file
 from nvr.models import Segment
 from nvr.recorder.context import RecorderContext
+from retention import holds
 from storage import catalog, fmp4, layout
 from storage.volumes import fsync_dir
 from storage.writer import Journal, rename_noreplace
@@ -122,6 +123,7 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
                 now_us=ctx.clock.now_us(),
                 floor_days=ctx.settings.retention_floor_days,
             )
+            holds.seal_new_segment(s, j.camera_id, row.start_us, row.end_us, final)
         outcome = "recovered" if recovered else "registered"
         log.warning(
             "recovery: registered %s as segment %d of camera %s (%d frames, %.3f s)%s",

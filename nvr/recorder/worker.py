@@ -26,6 +26,7 @@ from nvr.recorder.context import RecorderContext
 from nvr.recorder.faults import CameraFault, classify
 from nvr.recorder.timestamps import StreamTimeline
 from nvr.registry import redact_url
+from retention import holds
 from storage import catalog
 from storage.volumes import free_bytes
 from storage.writer import FinishedFile, SegmentWriter
@@ -392,6 +393,10 @@ class CameraWorker(threading.Thread):
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
                 floor_days=self.ctx.settings.retention_floor_days,
+            )
+            # An open-ended evidence hold keeps catching new footage: its files are read-only from the start.
+            holds.seal_new_segment(
+                sess, self.camera_id, start_us, start_us + max(duration_us, 0), seg.writer.volume.path / done.rel_path
             )
 
     def _close_segment(self) -> None:
