@@ -173,6 +173,10 @@ NotesOpt = Annotated[str | None, typer.Option("--notes", help="Installation note
 ShareOpt = Annotated[str | None, typer.Option("--share-class", help="unconditional | authorized | non_shared")]
 
 
+PolicyOpt = Annotated[str | None, typer.Option("--policy", help="Retention policy (default: the default one).")]
+YesOpt = Annotated[bool, typer.Option("--yes", help="Save even if the capacity forecast then warns.")]
+
+
 @camera_app.command("add")
 def camera_add(
     camera_id: str,
@@ -184,25 +188,40 @@ def camera_add(
     lon: LonOpt = None,
     notes: NotesOpt = None,
     share_class: ShareOpt = None,
+    policy: PolicyOpt = None,
     activate: Annotated[bool, typer.Option(help="Start recording at once.")] = False,
+    yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register a camera (id: 20-digit GB/T 28181 code or a slug)."""
+    """Register a camera (id: 20-digit GB/T 28181 code or a slug) on a retention policy. If the capacity forecast
+    says a policy could then not be met, it asks first (--yes: do not ask; no terminal: refuse)."""
+    from api import audit
     from nvr import registry
+    from nvr.cli_policies import cli_change, confirmed, warning_lines
+    from retention import policies
 
     rt = _runtime()
-    with rt.db.session() as s:
-        cam = registry.add(
-            s,
-            camera_id,
-            _fields(name, url, unit, address, lat, lon, notes, share_class),
-            actor="cli",
-            now_us=rt.clock.now_us(),
-        )
-        if activate:
-            registry.transition(s, camera_id, "active", actor="cli", now_us=rt.clock.now_us())
-        view = registry.public_view(cam)
-    _emit(view, as_json, f"camera {view['id']} {view['state']}")
+
+    def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
+        with rt.db.session() as s:
+            now = rt.clock.now_us()
+            cam = registry.add(
+                s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class), actor="cli", now_us=now
+            )
+            saved = policies.place_new_camera(s, cli_change(rt, acknowledge), camera_id, policy)
+            if activate:
+                registry.transition(s, camera_id, "active", actor="cli", now_us=now)
+            reason = policies.creation_note(saved) + ("; activated" if activate else "")
+            audit.record(
+                s, now, _cli_actor(), audit.CLI, audit.Event("camera.create", "ok", camera_id=cam.id, reason=reason)
+            )
+            view = registry.public_view(cam)
+            view["policy"] = saved.policy.name
+            view["capacity_warnings"] = [w.as_dict() for w in saved.warnings]
+            return view, saved.warnings
+
+    view, warnings = confirmed(run, yes)
+    _emit(view, as_json, f"camera {view['id']} {view['state']} (policy {view['policy']})" + warning_lines(warnings))
 
 
 @camera_app.command("list")
@@ -251,19 +270,31 @@ def camera_update(
     lon: LonOpt = None,
     notes: NotesOpt = None,
     share_class: ShareOpt = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Move the camera to this retention policy.")] = None,
+    yes: YesOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a camera's record (the id never changes)."""
+    """Change a camera's record (the id never changes). --policy works as 'nvr retention policy assign'."""
     from nvr import registry
+    from nvr.cli_policies import cli_change, confirmed, warning_lines
+    from retention import policies
 
+    fields = _fields(name, url, unit, address, lat, lon, notes, share_class)
     rt = _runtime()
-    with rt.db.session() as s:
-        view = registry.public_view(
-            registry.update(
-                s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class), now_us=rt.clock.now_us()
-            )
-        )
-    _emit(view, as_json, f"camera {camera_id} updated")
+
+    def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
+        with rt.db.session() as s:
+            warnings = []
+            if policy is None or any(v is not None for v in fields.__dict__.values()):
+                registry.update(s, camera_id, fields, now_us=rt.clock.now_us())
+            if policy is not None:
+                warnings = policies.assign(s, cli_change(rt, acknowledge), camera_id, policy).warnings
+            view = registry.public_view(registry.get(s, camera_id))
+            view["policy"] = policies.policy_of(s, camera_id).name
+            return view, warnings
+
+    view, warnings = confirmed(run, yes)
+    _emit(view, as_json, f"camera {camera_id} updated" + warning_lines(warnings))
 
 
 def _transition(camera_id: str, to_state: str, reason: str | None) -> None:
@@ -359,15 +390,27 @@ def status(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def health() -> None:
-    """Exit 0 when the database answers and no active camera's recorder is offline (for container checks)."""
+    """Exit 0 when the database answers, no active camera's recorder is offline and no camera stopped for lack of
+    space (for container checks); otherwise say what is wrong and exit 1."""
     from nvr.status import all_status
+    from storage.alarms import storage_alarms
 
     rt = _runtime(migrate=False)
+    now = rt.clock.now_us()
     with rt.db.session() as s:
-        st = all_status(s, rt.clock.now_us(), include_inactive=False)
+        st = all_status(s, now, include_inactive=False)
+        alarms = storage_alarms(s, rt.settings, rt.db.database_id(), now)
+    problems = []
     down = [c.camera_id for c in st if c.state == "offline"]
     if down:
-        typer.echo(f"unhealthy: recorder offline for {', '.join(down)}", err=True)
+        problems.append(f"recorder offline for {', '.join(down)}")
+    if alarms.storage_full:
+        problems.append(f"storage_full: recording stopped for {', '.join(alarms.storage_full_cameras)}")
+    for v in alarms.volumes:
+        if v.state in ("critical", "unavailable"):
+            problems.append(f"volume {v.path} {v.state}" + (f" ({v.detail})" if v.detail else ""))
+    if problems:
+        typer.echo("unhealthy: " + "; ".join(problems), err=True)
         raise typer.Exit(1)
     typer.echo("ok")
 

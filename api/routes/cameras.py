@@ -7,24 +7,49 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from pydantic import Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api import audit, grants
 from api.context import Ctx, requires
 from api.people import Principal
+from api.routes.policies import Acknowledge, change
 from api.routes.schemas import CameraBody, CameraPatch, StateBody
 from nvr import registry
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
-from nvr.models import Camera
+from nvr.models import Camera, RetentionPolicy
+from retention import policies
 
 router = APIRouter(tags=["cameras"])
+PolicyName = Annotated[str, Field(max_length=200, description="A retention policy; the default one when left out.")]
 
 
-def camera_view(cam: Camera, protected: bool) -> dict[str, Any]:
+class CameraCreateBody(CameraBody):
+    policy: PolicyName | None = None
+    acknowledge_capacity_warning: Acknowledge = False
+
+
+class CameraUpdateBody(CameraPatch):
+    policy: Annotated[str, Field(max_length=200)] | None = None
+    acknowledge_capacity_warning: Acknowledge = False
+
+
+NOT_FIELDS = {"id", "policy", "acknowledge_capacity_warning"}
+
+
+def policy_names(s: Session) -> dict[str, str]:
+    return {cid: name for cid, name in s.execute(select(Camera.id, RetentionPolicy.name).join(RetentionPolicy))}
+
+
+def camera_view(cam: Camera, protected: bool, policy: str | None = None) -> dict[str, Any]:
+    """The record as this person may see it; ``policy`` (its retention policy) goes with the full record."""
     if protected:
         v = registry.public_view(cam)
         for k in ("state_changed_us", "created_us", "updated_us"):
             v[k.removesuffix("_us")] = iso(v.pop(k))
+        v["policy"] = policy
         return v
     return {
         "id": cam.id,
@@ -56,7 +81,8 @@ def list_cameras(ctx: Annotated[Ctx, Depends(requires("camera.list"))]) -> dict[
         else:
             ids = grants.visible_camera_ids(s, p, now)
             cams = [c for c in registry.list_cameras(s) if c.id in ids]
-        out = [camera_view(c, p.can("cameras.protected")) for c in cams]
+        names = policy_names(s) if p.can("cameras.protected") else {}
+        out = [camera_view(c, p.can("cameras.protected"), names.get(c.id)) for c in cams]
         ctx.record(s, audit.Event("camera.list", "allowed", reason=f"{len(out)} camera(s)"))
         return {"cameras": out}
 
@@ -65,34 +91,56 @@ def list_cameras(ctx: Annotated[Ctx, Depends(requires("camera.list"))]) -> dict[
 def get_camera(camera_id: str, ctx: Annotated[Ctx, Depends(requires("camera.read"))]) -> dict[str, Any]:
     with ctx.db.session() as s:
         cam = visible_camera(s, ctx.me, camera_id, ctx.now_us)
-        view = camera_view(cam, ctx.me.can("cameras.protected"))
+        view = camera_view(cam, ctx.me.can("cameras.protected"), policies.policy_of(s, cam.id).name)
         ctx.record(s, audit.Event("camera.read", "allowed", camera_id=cam.id))
         return view
 
 
 @router.post("/cameras", status_code=201)
 def add_camera(
-    body: CameraBody, ctx: Annotated[Ctx, Depends(requires("camera.create", "cameras.manage"))]
+    body: CameraCreateBody, ctx: Annotated[Ctx, Depends(requires("camera.create", "cameras.manage"))]
 ) -> dict[str, Any]:
+    """Register a camera on a retention policy (the default one unless ``policy`` names another). When the
+    capacity forecast says the volumes could then not keep some camera's footage as long as its policy requires
+    (the new camera's rate estimated as the median of the measured ones), the answer is 409
+    ``capacity_insufficient`` unless ``acknowledge_capacity_warning`` is true; ``capacity_warnings`` lists them."""
     ctx.hint(camera_id=body.id[:64])
-    fields = registry.CameraFields(**body.model_dump(exclude={"id"}))
+    fields = registry.CameraFields(**body.model_dump(exclude=NOT_FIELDS))
     with ctx.db.session() as s:
         cam = registry.add(s, body.id, fields, actor=f"user:{ctx.me.user_id}", now_us=ctx.now_us)
-        ctx.record(s, audit.Event("camera.create", "ok", camera_id=cam.id))
-        return camera_view(cam, True)
+        saved = policies.place_new_camera(s, change(ctx, body.acknowledge_capacity_warning), cam.id, body.policy)
+        ctx.record(s, audit.Event("camera.create", "ok", camera_id=cam.id, reason=policies.creation_note(saved)))
+        return {
+            **camera_view(cam, True, saved.policy.name),
+            "capacity_warnings": [w.as_dict() for w in saved.warnings],
+        }
 
 
 @router.patch("/cameras/{camera_id}")
 def update_camera(
-    camera_id: str, body: CameraPatch, ctx: Annotated[Ctx, Depends(requires("camera.update", "cameras.manage"))]
+    camera_id: str,
+    body: CameraUpdateBody,
+    ctx: Annotated[Ctx, Depends(requires("camera.update", "cameras.manage"))],
 ) -> dict[str, Any]:
+    """Change the record; ``policy`` moves the camera to another retention policy exactly as
+    ``PUT /cameras/{id}/policy`` does (its own audit event, the same capacity check)."""
     registry.validate_id(camera_id)
-    fields = registry.CameraFields(**body.model_dump())
+    values = body.model_dump(exclude=NOT_FIELDS)
+    changed = sorted(k for k, v in values.items() if v is not None)
+    warnings = []
     with ctx.db.session() as s:
-        cam = registry.update(s, camera_id, fields, now_us=ctx.now_us)
-        changed = sorted(k for k, v in body.model_dump().items() if v is not None)
-        ctx.record(s, audit.Event("camera.update", "ok", camera_id=cam.id, reason=", ".join(changed) or None))
-        return camera_view(cam, True)
+        if changed or body.policy is None:
+            cam = registry.update(s, camera_id, registry.CameraFields(**values), now_us=ctx.now_us)
+            ctx.record(s, audit.Event("camera.update", "ok", camera_id=cam.id, reason=", ".join(changed) or None))
+        if body.policy is not None:
+            ctx.hint(object_id=f"policy:{body.policy[:64]}")
+            saved = policies.assign(s, change(ctx, body.acknowledge_capacity_warning), camera_id, body.policy)
+            warnings = [w.as_dict() for w in saved.warnings]
+        cam = registry.get(s, camera_id)
+        return {
+            **camera_view(cam, True, policies.policy_of(s, camera_id).name),
+            "capacity_warnings": warnings,
+        }
 
 
 @router.post("/cameras/{camera_id}/state")
@@ -108,4 +156,4 @@ def camera_state(
             s, camera_id, body.state, actor=f"user:{ctx.me.user_id}", now_us=ctx.now_us, reason=body.reason
         )
         ctx.record(s, audit.Event("camera.state", "ok", camera_id=cam.id, reason=f"{body.state}: {body.reason or ''}"))
-        return camera_view(cam, True)
+        return camera_view(cam, True, policies.policy_of(s, cam.id).name)
