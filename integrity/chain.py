@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 CHAIN_VERSION = 1
@@ -64,8 +64,8 @@ class ChainProblem:
 def verify_rows(camera_id: str, rows: list[Mapping[str, object]]) -> list[ChainProblem]:
     """Recompute a camera's chain from its rows in ``seq`` order; an empty list means it holds.
 
-    Starts at genesis when the first row is seq 1; otherwise trusts the first row's ``prev_link`` (a retention
-    deletion later anchors that on a tombstone).
+    Starts at genesis when the first row is seq 1; otherwise trusts the first row's ``prev_link``. Once retention
+    has deleted segments, :func:`verify_with_tombstones` checks the whole chain, tombstones included.
     """
     problems: list[ChainProblem] = []
     expected_prev: str | None = genesis(camera_id)
@@ -82,4 +82,44 @@ def verify_rows(camera_id: str, rows: list[Mapping[str, object]]) -> list[ChainP
         if recomputed != row["link"]:
             problems.append(ChainProblem(camera_id, seq, "chain_break", "link does not match the row's contents"))
         expected_prev, expected_seq = str(row["link"]), seq + 1
+    return problems
+
+
+def verify_with_tombstones(
+    camera_id: str, rows: Sequence[Mapping[str, object]], tombstones: Sequence[Mapping[str, object]]
+) -> list[ChainProblem]:
+    """Recompute a camera's chain across the segments retention deleted; an empty list means it holds.
+
+    ``rows`` are segment rows and ``tombstones`` stand-ins for deleted runs (``first_seq``, ``last_seq``,
+    ``prev_link``: the link the run continued from, ``last_link``: the link of its last segment). Walked together in
+    ``seq`` order from seq 1 at genesis: numbers must be continuous, each element must continue from the previous
+    element's link (a tombstone's ``last_link``), and each row's link must recompute from its contents. Unlike
+    :func:`verify_rows`, nothing is trusted: rows missing at the start without a tombstone are a ``seq_gap`` and a
+    ``chain_break``, and a tombstone whose links do not join is a ``chain_break`` naming it.
+    """
+    elements = sorted(
+        [(int(r["seq"]), 0, r) for r in rows] + [(int(t["first_seq"]), 1, t) for t in tombstones],  # type: ignore[call-overload]
+        key=lambda e: (e[0], e[1]),
+    )
+    problems: list[ChainProblem] = []
+    expected_prev, expected_seq, prev_name = genesis(camera_id), 1, "genesis"
+    for seq, is_tombstone, el in elements:
+        if is_tombstone:
+            last = int(el["last_seq"])  # type: ignore[call-overload]
+            name = f"tombstone seq {seq}..{last}"
+            if seq != expected_seq:
+                problems.append(ChainProblem(camera_id, seq, "seq_gap", f"expected seq {expected_seq}, {name} found"))
+            if el["prev_link"] != expected_prev:
+                problems.append(
+                    ChainProblem(camera_id, seq, "chain_break", f"{name}: prev_link does not match the {prev_name}")
+                )
+            expected_prev, expected_seq, prev_name = str(el["last_link"]), last + 1, f"last link of {name}"
+            continue
+        if seq != expected_seq:
+            problems.append(ChainProblem(camera_id, seq, "seq_gap", f"expected seq {expected_seq}, found {seq}"))
+        if el["prev_link"] != expected_prev:
+            problems.append(ChainProblem(camera_id, seq, "chain_break", f"prev_link does not match the {prev_name}"))
+        if link(str(el["prev_link"]), el) != el["link"]:
+            problems.append(ChainProblem(camera_id, seq, "chain_break", "link does not match the row's contents"))
+        expected_prev, expected_seq, prev_name = str(el["link"]), seq + 1, f"link of seq {seq}"
     return problems

@@ -426,23 +426,37 @@ def _wait_for_signal() -> None:
 
 @app.command()
 def record() -> None:
-    """Run the recorder only, in the foreground, until SIGINT/SIGTERM."""
+    """Run the recorder (and the retention sweeper) only, in the foreground, until SIGINT/SIGTERM."""
     from nvr.recorder.supervisor import Supervisor
 
     rt = _runtime()
     rt.init_default_volume()
-    sup = Supervisor(rt.recorder_context())
+    sweeper, ctx = _sweeper_and_recorder(rt)
+    sup = Supervisor(ctx)
     sup.start()
     log.info("recorder running; %d camera(s)", len(sup.workers))
     try:
         _wait_for_signal()
     finally:
         sup.stop()
+        sweeper.stop()
+
+
+def _sweeper_and_recorder(rt: Any) -> tuple[Any, Any]:
+    """The retention sweeper runs wherever the recorder runs (the process that fills the disks), on its schedule
+    and at once when a worker finds no volume with room."""
+    from retention.sweeper import SweepScheduler
+
+    sweeper = SweepScheduler(rt.db, rt.settings, rt.clock)
+    ctx = rt.recorder_context()
+    ctx.on_storage_full = sweeper.wake
+    sweeper.start()
+    return sweeper, ctx
 
 
 @app.command()
 def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-in demo camera(s).")] = False) -> None:
-    """Run the server: the recorder and the HTTP API (and, with --demo, simulated cameras it records)."""
+    """Run the server: the recorder, the retention sweeper and the HTTP API (and, with --demo, simulated cameras)."""
     from api.server import serve as serve_api
     from nvr.recorder.supervisor import Supervisor
 
@@ -453,7 +467,8 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
         from nvr.demo.service import start_demo
 
         demo_server = start_demo(rt.settings, rt.db, rt.clock)
-    sup = Supervisor(rt.recorder_context())
+    sweeper, ctx = _sweeper_and_recorder(rt)
+    sup = Supervisor(ctx)
     sup.start()
     log.info("server running; recording %d camera(s); data folder %s", len(sup.workers), rt.settings.data_dir)
     _hint_first_admin(rt)
@@ -461,6 +476,7 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
         serve_api(rt)
     finally:
         sup.stop()
+        sweeper.stop()
         if demo_server is not None:
             demo_server.stop()
 

@@ -13,7 +13,7 @@ import av
 import httpx
 
 from nvr.demo.service import DEMO_UNIT
-from tests.api.conftest import free_port
+from tests.support.api_server import free_port
 from tests.support.recording import sha256
 
 
