@@ -4,6 +4,7 @@ production is, fresh per test; a temporary data folder; an injectable clock."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -100,3 +101,43 @@ def supervisor_factory(runtime: Runtime) -> Iterator[Callable[[], Supervisor]]:
     yield make
     for sup in started:
         sup.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mount real size-limited file systems (tmpfs; the suite runs as root, as scripts/test needs anyway) to test
+    full disks; unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.fail(f"cannot mount a size-limited tmpfs (the tests need root): {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def runtime_on(settings_factory) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes whose only volume is a given folder (a small file system); disposed after the test."""
+    from storage import volumes as vol
+
+    made: list[Runtime] = []
+
+    def make(mnt: Path, **overrides: object) -> Runtime:
+        rt = Runtime.open(settings_factory(volumes=[mnt], **overrides))
+        made.append(rt)
+        with rt.db.session() as s:
+            vol.init_volume(s, mnt, rt.db.database_id(), rt.clock.now_us())
+        return rt
+
+    yield make
+    for rt in made:
+        rt.db.dispose()

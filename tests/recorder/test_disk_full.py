@@ -6,8 +6,6 @@ Runs on a real, size-limited file system (tmpfs mounted by the test; needs root,
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +19,8 @@ from tests.support.recording import add_camera, gaps, segments, sha256, wait_for
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small-volume"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(tmpfs) -> Path:
+    return tmpfs("2m")
 
 
 def _fill(mnt: Path, leave_free: int) -> None:
@@ -39,23 +29,6 @@ def _fill(mnt: Path, leave_free: int) -> None:
         f.write(b"\0" * max(0, free - leave_free))
         f.flush()
         os.fsync(f.fileno())
-
-
-@pytest.fixture
-def runtime_on(settings_factory) -> Iterator[Callable[..., Runtime]]:
-    """A runtime whose only volume is the small file system; disposed after the test."""
-    made: list[Runtime] = []
-
-    def make(mnt: Path, **kw: object) -> Runtime:
-        rt = Runtime.open(settings_factory(volumes=[mnt], **kw))
-        made.append(rt)
-        with rt.db.session() as s:
-            vol.init_volume(s, mnt, rt.db.database_id(), rt.clock.now_us())
-        return rt
-
-    yield make
-    for rt in made:
-        rt.db.dispose()
 
 
 def _state(rt: Runtime, cam: str) -> tuple[str, str | None]:

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -314,32 +313,8 @@ def test_a_volume_without_its_identity_defers_the_batch_instead_of_dropping_rows
 
 # --- the high-water mark ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small-volume"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here (needs root): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-@pytest.fixture
-def runtime_on(settings_factory) -> Iterator[Callable[[Path], Runtime]]:
-    made: list[Runtime] = []
-
-    def make(mnt: Path) -> Runtime:
-        rt = Runtime.open(settings_factory(volumes=[mnt]))
-        made.append(rt)
-        with rt.db.session() as s:
-            vol.init_volume(s, mnt, rt.db.database_id(), rt.clock.now_us())
-        return rt
-
-    yield make
-    for rt in made:
-        rt.db.dispose()
+def small_fs(tmpfs) -> Path:
+    return tmpfs("4m")
 
 
 def _fill_to(mnt: Path, percent: float) -> None:
