@@ -814,6 +814,10 @@ class SweepScheduler:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="retention-sweeper", daemon=True)
         self._thread.start()
+        log.info(
+            "retention sweeper started: every %.0f s and whenever a volume is full",
+            self.settings.sweep_interval_seconds,
+        )
 
     def wake(self) -> None:
         self._wake.set()

@@ -115,6 +115,7 @@ def test_serve_demo_records_and_status_says_recording(nvr_env: dict[str, str], t
         code = proc.wait(timeout=30)
         log.close()
     assert code == 0
+    assert "retention sweeper started" in (tmp_path / "serve.log").read_text(), "serve must run the sweeper"
     rows = _nvr_json(env, "segments", "list", "--camera", "demo-1")
     assert rows
     for r in rows:  # type: ignore[attr-defined]
