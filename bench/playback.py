@@ -11,12 +11,12 @@ Catalogue (built once per database and parameters, reused from ``--data-dir`` wh
   ``bytes``, ``frames``, ``media_duration_us`` and ``sha256`` are the real file's, so playback reads, checks and
   splices real media; ``seq``, ``prev_link`` and ``link`` form a valid chain per camera (the first camera's chain
   is verified after the build).
-* Bulk path: chain links are computed in worker processes (``integrity.chain.link``, as
-  ``storage.catalog.register_segment`` does); SQLite gets ``executemany`` in one transaction with
-  ``journal_mode=MEMORY`` / ``synchronous=OFF`` / a 1 GiB page cache on the build connection only (WAL is restored
-  afterwards; the server uses the product's own pragmas); PostgreSQL gets ``COPY`` with the segments table's
-  secondary indexes and constraints dropped and recreated from their own definitions afterwards, then
-  ``VACUUM ANALYZE`` (what autovacuum would reach on its own).
+* Bulk path (bench/catalogue.py, shared with bench/retention.py): chain links are computed in worker processes
+  (``integrity.chain.link``, as ``storage.catalog.register_segment`` does); SQLite gets ``executemany`` in one
+  transaction with ``journal_mode=MEMORY`` / ``synchronous=OFF`` / a 1 GiB page cache on the build connection only
+  (WAL is restored afterwards; the server uses the product's own pragmas); PostgreSQL gets ``COPY`` with the
+  segments table's secondary indexes and constraints dropped and recreated from their own definitions afterwards,
+  then ``VACUUM ANALYZE`` (what autovacuum would reach on its own).
 * Users through ``api.people`` (an approver and an officer with a personal token), one grant through
   ``api.grants.create``: all cameras, ``playback``, footage window the last 31 days, valid 364 days, 16 streams.
 
@@ -46,11 +46,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -68,10 +66,23 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the project, ahead of bench/ (this script's folder, where catalogue.py is)
 
 import av  # noqa: E402
 import httpx  # noqa: E402
+from catalogue import (  # noqa: E402
+    bulk_postgresql,
+    bulk_sqlite,
+    database_size,
+    drop_catalogue,
+    fresh_catalogue,
+    log,
+    machine,
+    pg_url,
+    postgres_version,
+    settings_for,
+    write_result,
+)
 
 from integrity import chain  # noqa: E402
 from nvr.clock import iso  # noqa: E402
@@ -83,25 +94,6 @@ DAY_US = 86_400 * US
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MANIFEST = "bench-manifest.json"
 CLIP_W, CLIP_H, CLIP_FPS, CLIP_BITRATE = 320, 180, 25, 500_000
-COLUMNS = (
-    "camera_id",
-    "seq",
-    "volume_id",
-    "rel_path",
-    "start_us",
-    "end_us",
-    "media_duration_us",
-    "bytes",
-    "frames",
-    "codecs",
-    "clock_offset_us",
-    "sha256",
-    "prev_link",
-    "link",
-    "recovered",
-    "created_us",
-    "retain_until_us",
-)
 GOALS = {
     "playback_ttfb": {"p50": 50.0, "p99": 150.0},
     "playback_ttfb_cold_files": {"p50": 50.0, "p99": 150.0},
@@ -110,10 +102,6 @@ GOALS = {
     "grant_audit": {"p50": 2.0},
 }
 PURPOSE = "benchmark: playback latency"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --- the clip ------------------------------------------------------------------------------------------------------
@@ -180,150 +168,11 @@ def camera_ids(n: int) -> list[str]:
     return [f"bench-{i:03d}" for i in range(n)]
 
 
-def chain_links(job: tuple[str, int, int, int, dict[str, Any]]) -> tuple[str, list[str]]:
-    """(camera, links of seq 1..n): what register_segment would compute, row after row (runs in a worker)."""
-    cam, t0, n, seg_us, clip = job
-    dur = clip["media_duration_us"]
-    prev = chain.genesis(cam)
-    links = []
-    row: dict[str, object] = {
-        "camera_id": cam,
-        "media_duration_us": dur,
-        "bytes": clip["bytes"],
-        "frames": clip["frames"],
-        "codecs": "h264",
-        "clock_offset_us": 0,
-        "sha256": clip["sha256"],
-    }
-    for seq in range(1, n + 1):
-        start = t0 + (seq - 1) * seg_us
-        row["seq"], row["start_us"], row["end_us"] = seq, start, start + dur
-        prev = chain.link(prev, row)
-        links.append(prev)
-    return cam, links
-
-
-def camera_rows(cam: str, links: list[str], plan: dict[str, Any], vol_id: str, clip: dict[str, Any]) -> Iterator[tuple]:
-    t0 = plan["cam_start_us"][cam]
-    seg_us, dur, created = plan["segment_us"], clip["media_duration_us"], plan["built_us"]
-    prev = chain.genesis(cam)
-    rels = plan["rel_paths"]
-    for i, link in enumerate(links):
-        start = t0 + i * seg_us
-        yield (
-            cam, i + 1, vol_id, rels[i % len(rels)], start, start + dur, dur, clip["bytes"], clip["frames"], "h264", 0,
-            clip["sha256"], prev, link, False, created, start + dur + 30 * 86_400_000_000,
-        )  # fmt: skip
-        prev = link
-
-
-def link_jobs(plan: dict[str, Any], clip: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
-    jobs = [(c, plan["cam_start_us"][c], plan["per_camera"], plan["segment_us"], clip) for c in plan["cameras"]]
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(max(1, min(2, os.cpu_count() or 1))) as pool:
-        yield from pool.imap(chain_links, jobs)
-
-
-def bulk_sqlite(db_path: Path, plan: dict[str, Any], vol_id: str, clip: dict[str, Any]) -> None:
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=MEMORY")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-1048576")
-        conn.execute("BEGIN")
-        sql = f"INSERT INTO segments ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
-        for done, (cam, links) in enumerate(link_jobs(plan, clip), start=1):
-            conn.executemany(sql, camera_rows(cam, links, plan, vol_id, clip))
-            if done % 10 == 0 or done == len(plan["cameras"]):
-                log(f"  sqlite: {done}/{len(plan['cameras'])} cameras inserted")
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA journal_mode=WAL")  # the product's mode; synchronous is per connection
-    finally:
-        conn.close()
-
-
-def _pg_text(value: object) -> str:
-    if value is False:
-        return "f"
-    if value is True:
-        return "t"
-    return str(value)
-
-
-def bulk_postgresql(url: str, plan: dict[str, Any], vol_id: str, clip: dict[str, Any]) -> dict[str, Any]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=False) as conn:
-        cur = conn.cursor()
-        cur.execute("SET synchronous_commit = off")
-        cur.execute("SET maintenance_work_mem = '512MB'")
-        # Secondary indexes and constraints are dropped for the load and recreated from their own definitions.
-        cur.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = 'segments'::regclass AND contype <> 'p' ORDER BY contype DESC, conname"
-        )
-        constraints = cur.fetchall()
-        cur.execute(
-            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "WHERE x.indrelid = 'segments'::regclass AND NOT x.indisprimary "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"
-        )
-        indexes = cur.fetchall()
-        for name, _ in constraints:
-            cur.execute(f'ALTER TABLE segments DROP CONSTRAINT "{name}"')
-        for name, _ in indexes:
-            cur.execute(f'DROP INDEX "{name}"')
-        with cur.copy(f"COPY segments ({','.join(COLUMNS)}) FROM STDIN") as copy:
-            for done, (cam, links) in enumerate(link_jobs(plan, clip), start=1):
-                block = "".join(
-                    "\t".join(map(_pg_text, row)) + "\n" for row in camera_rows(cam, links, plan, vol_id, clip)
-                )
-                copy.write(block.encode())
-                if done % 10 == 0 or done == len(plan["cameras"]):
-                    log(f"  postgresql: {done}/{len(plan['cameras'])} cameras copied")
-        t = time.perf_counter()
-        for _, definition in indexes:
-            cur.execute(definition)
-        for name, definition in constraints:
-            cur.execute(f'ALTER TABLE segments ADD CONSTRAINT "{name}" {definition}')
-        conn.commit()
-        reindex_s = time.perf_counter() - t
-    with psycopg.connect(url, autocommit=True) as conn:
-        t = time.perf_counter()
-        conn.execute("VACUUM ANALYZE")
-        vacuum_s = time.perf_counter() - t
-    return {
-        "recreated_constraints": [n for n, _ in constraints],
-        "recreated_indexes": [n for n, _ in indexes],
-        "index_and_constraint_seconds": round(reindex_s, 1),
-        "vacuum_analyze_seconds": round(vacuum_s, 1),
-    }
-
-
-def pg_url(admin_url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def pg_admin(admin_url: str, statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(statement)
-
-
 def pg_exists(admin_url: str, name: str) -> bool:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
-
-
-def settings_for(db_dir: Path, url: str | None) -> Any:
-    from nvr.config import Settings
-
-    return Settings(data_dir=db_dir, database_url=url, log_level="WARNING")
 
 
 def wanted(args: argparse.Namespace, clip: dict[str, Any]) -> dict[str, Any]:
@@ -382,12 +231,8 @@ def build_catalogue(args: argparse.Namespace, kind: str, db_dir: Path, clip: dic
     from nvr.models import Segment, Volume
     from nvr.runtime import Runtime
 
-    shutil.rmtree(db_dir, ignore_errors=True)
-    db_dir.mkdir(parents=True)
+    fresh_catalogue(args, kind, db_dir)
     url = database_url(args, kind, db_dir)
-    if kind == "postgresql":
-        pg_admin(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{args.pg_database}" WITH (FORCE)')
-        pg_admin(args.pg_admin_url, f'CREATE DATABASE "{args.pg_database}"')
     t_total = time.perf_counter()
     rt = Runtime.open(settings_for(db_dir, url))
     rt.init_default_volume()
@@ -471,10 +316,10 @@ def build_catalogue(args: argparse.Namespace, kind: str, db_dir: Path, clip: dic
     extra: dict[str, Any] = {}
     if kind == "sqlite":
         rt.db.dispose()
-        bulk_sqlite(db_dir / "nvr.db", plan, vol_id, clip)
+        bulk_sqlite(db_dir / "nvr.db", plan, vol_id, clip, lambda _cam: itertools.cycle(plan["rel_paths"]))
     else:
         rt.db.dispose()
-        extra = bulk_postgresql(url, plan, vol_id, clip)
+        extra = bulk_postgresql(url, plan, vol_id, clip, lambda _cam: itertools.cycle(plan["rel_paths"]))
     rows_s = time.perf_counter() - t_rows
     with rt.db.session() as s:
         rows = int(s.scalar(select(func.count()).select_from(Segment)) or 0)
@@ -513,16 +358,6 @@ def build_catalogue(args: argparse.Namespace, kind: str, db_dir: Path, clip: dic
     (db_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log(f"{kind}: built {rows:,} rows in {total_s:.1f} s ({rows_s:.1f} s for the rows); chain of {cams[0]} verified")
     return manifest
-
-
-def database_size(args: argparse.Namespace, kind: str, db_dir: Path) -> int:
-    if kind == "sqlite":
-        return sum(p.stat().st_size for p in db_dir.glob("nvr.db*"))
-    import psycopg
-
-    with psycopg.connect(pg_url(args.pg_admin_url, args.pg_database)) as conn:
-        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-        return int(row[0]) if row else 0
 
 
 # --- statistics ----------------------------------------------------------------------------------------------------
@@ -859,34 +694,6 @@ def run_in_process(url: str, manifest: dict[str, Any], windows: Windows, n: int,
 
 
 # --- driver --------------------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    model = "?"
-    with open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as fh:
-        total_kib = int(fh.readline().split()[1])
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "mem_total_gib": round(total_kib / 1024 / 1024, 1),
-        "kernel": os.uname().release,
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "loadavg_at_start": os.getloadavg(),
-    }
-
-
-def postgres_version(admin_url: str) -> str:
-    import psycopg
-
-    with psycopg.connect(admin_url) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-        return str(row[0]) if row else "?"
-
-
 def run_one(args: argparse.Namespace, kind: str, clip: dict[str, Any]) -> dict[str, Any]:
     db_dir = args.data_dir / kind
     want = wanted(args, clip)
@@ -1020,19 +827,8 @@ def main() -> None:
             result = run_one(args, kind, clip)
         finally:
             if not args.keep:
-                shutil.rmtree(args.data_dir / kind, ignore_errors=True)
-                if kind == "postgresql":
-                    pg_admin(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{args.pg_database}" WITH (FORCE)')
-        result = {
-            "benchmark": "playback",
-            "command": " ".join([".venv/bin/python", "bench/playback.py", *sys.argv[1:]]),
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": mach,
-            **result,
-        }
-        out = Path(args.out.format(db=kind))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+                drop_catalogue(args, kind)
+        result, out = write_result("playback", args.out, kind, mach, result)
         b = result["catalogue"]["build"]
         print(f"\n{kind}: {result['catalogue']['rows']:,} rows; build {b['total_seconds']} s "
               f"({'reused' if result['catalogue']['reused'] else 'built now'}); results in {out}")  # fmt: skip

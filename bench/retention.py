@@ -11,9 +11,10 @@ Catalogue (built fresh for every run: the sweep consumes it):
   ``storage.catalog.register_segment`` does; the first camera's chain is verified after the build). The rows of
   the **first day** (``--sweep-days``) get a real file each (``--file-bytes`` bytes, the size and SHA-256 in every
   row): 144,000 files in some 2,500 hour folders. The other days have rows only: the sweeper never touches them.
-* Bulk load as bench/playback.py does it: SQLite ``executemany`` in one transaction (``journal_mode=MEMORY``,
-  ``synchronous=OFF`` on the build connection only; WAL restored); PostgreSQL ``COPY`` with the segments table's
-  secondary indexes and constraints dropped and recreated, then ``VACUUM ANALYZE``.
+* Chain links and bulk load are bench/catalogue.py's, shared with bench/playback.py: SQLite ``executemany`` in one
+  transaction (``journal_mode=MEMORY``, ``synchronous=OFF`` on the build connection only; WAL restored); PostgreSQL
+  ``COPY`` with the segments table's secondary indexes and constraints dropped and recreated, then
+  ``VACUUM ANALYZE``.
 
 Measurement, with the clock (``FakeClock``) at the moment the first day's last segment passes 30 days, all through
 ``retention.sweeper.Sweeper`` with the product's settings and database pragmas:
@@ -34,12 +35,7 @@ Usage (from the repository root; as root, nothing else running)::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
-import json
-import multiprocessing
 import os
-import shutil
 import sqlite3
 import sys
 import tempfile
@@ -50,10 +46,22 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/catalogue.py
+sys.path.insert(0, str(ROOT))  # before bench/: the project's ``retention`` package, not this script
 
-from playback import log, machine, pg_admin, pg_url, postgres_version  # noqa: E402
+from catalogue import (  # noqa: E402
+    bulk_postgresql,
+    bulk_sqlite,
+    database_size,
+    drop_catalogue,
+    fresh_catalogue,
+    log,
+    machine,
+    pg_url,
+    postgres_version,
+    settings_for,
+    write_result,
+)
 
 from integrity import chain  # noqa: E402
 
@@ -61,31 +69,10 @@ US = 1_000_000
 DAY_US = 86_400 * US
 HOUR_US = 3_600 * US
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-COLUMNS = (
-    "camera_id", "seq", "volume_id", "rel_path", "start_us", "end_us", "media_duration_us", "bytes", "frames",
-    "codecs", "clock_offset_us", "sha256", "prev_link", "link", "recovered", "created_us", "retain_until_us",
-)  # fmt: skip
 GOALS = {"sweep_segments_per_second": 2_000, "dry_run_seconds": 5.0}
 
 
 # --- catalogue -----------------------------------------------------------------------------------------------------
-def chain_links(job: tuple[str, int, int, int, int, str]) -> tuple[str, list[str]]:
-    """(camera, links of seq 1..n): what register_segment would compute, row after row (runs in a worker)."""
-    cam, t0, n, seg_us, size, digest = job
-    prev = chain.genesis(cam)
-    links = []
-    row: dict[str, object] = {
-        "camera_id": cam, "media_duration_us": seg_us, "bytes": size, "frames": 1500, "codecs": "h264",
-        "clock_offset_us": 0, "sha256": digest,
-    }  # fmt: skip
-    for seq in range(1, n + 1):
-        start = t0 + (seq - 1) * seg_us
-        row["seq"], row["start_us"], row["end_us"] = seq, start, start + seg_us
-        prev = chain.link(prev, row)
-        links.append(prev)
-    return cam, links
-
-
 def rel_path(cam: str, start_us: int, dirs: dict[tuple[str, int], str]) -> str:
     """storage.layout.stem_for(cam, start) + '.mp4', with the hour folder computed once per hour."""
     from storage import layout
@@ -97,89 +84,13 @@ def rel_path(cam: str, start_us: int, dirs: dict[tuple[str, int], str]) -> str:
     return f"{d}/{start_us:016d}.mp4"
 
 
-def camera_rows(cam: str, links: list[str], plan: dict[str, Any]) -> Iterator[tuple]:
-    t0, seg_us, vol_id = plan["cam_start_us"][cam], plan["segment_us"], plan["volume_id"]
-    size, digest, created = plan["file_bytes"], plan["sha256"], plan["built_us"]
-    prev = chain.genesis(cam)
+def row_paths(cam: str, plan: dict[str, Any]) -> Iterator[str]:
+    """The rel_path of each of the camera's rows, seq 1, 2, ...: one file per segment, in the recorder's layout."""
     dirs: dict[tuple[str, int], str] = {}
-    for i, link in enumerate(links):
-        start = t0 + i * seg_us
-        yield (
-            cam, i + 1, vol_id, rel_path(cam, start, dirs), start, start + seg_us, seg_us, size, 1500, "h264", 0,
-            digest, prev, link, False, created, start + seg_us + 30 * DAY_US,
-        )  # fmt: skip
-        prev = link
-
-
-def link_jobs(plan: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
-    jobs = [
-        (c, plan["cam_start_us"][c], plan["per_camera"], plan["segment_us"], plan["file_bytes"], plan["sha256"])
-        for c in plan["cameras"]
-    ]
-    with multiprocessing.get_context("fork").Pool(max(1, min(2, os.cpu_count() or 1))) as pool:
-        yield from pool.imap(chain_links, jobs)
-
-
-def bulk_sqlite(db_path: Path, plan: dict[str, Any]) -> None:
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA journal_mode=MEMORY")
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("PRAGMA cache_size=-1048576")
-        conn.execute("BEGIN")
-        sql = f"INSERT INTO segments ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"
-        for done, (cam, links) in enumerate(link_jobs(plan), start=1):
-            conn.executemany(sql, camera_rows(cam, links, plan))
-            if done % 10 == 0 or done == len(plan["cameras"]):
-                log(f"  sqlite: {done}/{len(plan['cameras'])} cameras inserted")
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA journal_mode=WAL")
-    finally:
-        conn.close()
-
-
-def _pg_text(value: object) -> str:
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    return str(value)
-
-
-def bulk_postgresql(url: str, plan: dict[str, Any]) -> dict[str, Any]:
-    import psycopg
-
-    with psycopg.connect(url, autocommit=False) as conn:
-        cur = conn.cursor()
-        cur.execute("SET synchronous_commit = off")
-        cur.execute("SET maintenance_work_mem = '512MB'")
-        cur.execute(
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = 'segments'::regclass AND contype <> 'p' ORDER BY contype DESC, conname"
-        )
-        constraints = cur.fetchall()
-        cur.execute(
-            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid "
-            "WHERE x.indrelid = 'segments'::regclass AND NOT x.indisprimary "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)"
-        )
-        indexes = cur.fetchall()
-        for name, _ in constraints:
-            cur.execute(f'ALTER TABLE segments DROP CONSTRAINT "{name}"')
-        for name, _ in indexes:
-            cur.execute(f'DROP INDEX "{name}"')
-        with cur.copy(f"COPY segments ({','.join(COLUMNS)}) FROM STDIN") as copy:
-            for done, (cam, links) in enumerate(link_jobs(plan), start=1):
-                copy.write("".join("\t".join(map(_pg_text, r)) + "\n" for r in camera_rows(cam, links, plan)).encode())
-                if done % 10 == 0 or done == len(plan["cameras"]):
-                    log(f"  postgresql: {done}/{len(plan['cameras'])} cameras copied")
-        for _, definition in indexes:
-            cur.execute(definition)
-        for name, definition in constraints:
-            cur.execute(f'ALTER TABLE segments ADD CONSTRAINT "{name}" {definition}')
-        conn.commit()
-    with psycopg.connect(url, autocommit=True) as conn:
-        t = time.perf_counter()
-        conn.execute("VACUUM ANALYZE")
-        return {"vacuum_analyze_seconds": round(time.perf_counter() - t, 1)}
+    start = plan["cam_start_us"][cam]
+    while True:
+        yield rel_path(cam, start, dirs)
+        start += plan["segment_us"]
 
 
 def write_files(vol_path: Path, plan: dict[str, Any], cutoff_us: int) -> int:
@@ -212,11 +123,7 @@ def build(args: argparse.Namespace, kind: str, db_dir: Path, url: str) -> dict[s
     from nvr.models import Camera, RetentionPolicy, Segment, Volume
     from nvr.runtime import Runtime
 
-    shutil.rmtree(db_dir, ignore_errors=True)
-    db_dir.mkdir(parents=True)
-    if kind == "postgresql":
-        pg_admin(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{args.pg_database}" WITH (FORCE)')
-        pg_admin(args.pg_admin_url, f'CREATE DATABASE "{args.pg_database}"')
+    fresh_catalogue(args, kind, db_dir)
     t_total = time.perf_counter()
     rt = Runtime.open(settings_for(db_dir, url))
     rt.init_default_volume()
@@ -233,13 +140,14 @@ def build(args: argparse.Namespace, kind: str, db_dir: Path, url: str) -> dict[s
         "segment_us": seg_us,
         "built_us": now,
         "cam_start_us": {c: first_us + i * (seg_us // len(cams)) for i, c in enumerate(cams)},
-        "file_bytes": len(body),
         "file_body": body,
-        "sha256": hashlib.sha256(body).hexdigest(),
     }
+    # every row's file is the same body: its size and SHA-256 in every row
+    digest = hashlib.sha256(body).hexdigest()
+    media = {"media_duration_us": seg_us, "bytes": len(body), "frames": 1500, "sha256": digest}
     with rt.db.session() as s:
         vol = s.scalars(select(Volume)).one()
-        plan["volume_id"], vol_path = vol.id, Path(vol.path)
+        vol_id, vol_path = vol.id, Path(vol.path)
         for c in cams:
             registry.add(
                 s, c,
@@ -254,7 +162,15 @@ def build(args: argparse.Namespace, kind: str, db_dir: Path, url: str) -> dict[s
     rt.db.dispose()
     log(f"{kind}: inserting {per_camera * len(cams):,} rows")
     t_rows = time.perf_counter()
-    extra = bulk_sqlite(db_dir / "nvr.db", plan) if kind == "sqlite" else bulk_postgresql(url, plan)
+
+    def paths(cam: str) -> Iterator[str]:
+        return row_paths(cam, plan)
+
+    if kind == "sqlite":
+        extra = bulk_sqlite(db_dir / "nvr.db", plan, vol_id, media, paths)
+    else:  # of the shared loader's figures, only the one this script has always reported
+        loaded = bulk_postgresql(url, plan, vol_id, media, paths)
+        extra = {"vacuum_analyze_seconds": loaded["vacuum_analyze_seconds"]}
     rows_s = time.perf_counter() - t_rows
     # The day to sweep: every camera's first sweep-days of segments; the clock when the last of them passes 30 days.
     cutoff_us = first_us + args.sweep_days * DAY_US + seg_us - 1
@@ -288,22 +204,6 @@ def build(args: argparse.Namespace, kind: str, db_dir: Path, url: str) -> dict[s
             **(extra or {}),
         },
     }
-
-
-def settings_for(db_dir: Path, url: str | None, **kw: Any) -> Any:
-    from nvr.config import Settings
-
-    return Settings(data_dir=db_dir, database_url=url, log_level="WARNING", **kw)
-
-
-def database_size(args: argparse.Namespace, kind: str, db_dir: Path) -> int:
-    if kind == "sqlite":
-        return sum(p.stat().st_size for p in db_dir.glob("nvr.db*"))
-    import psycopg
-
-    with psycopg.connect(pg_url(args.pg_admin_url, args.pg_database)) as conn:
-        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-        return int(row[0]) if row else 0
 
 
 # --- measurement -----------------------------------------------------------------------------------------------------
@@ -464,20 +364,8 @@ def main() -> None:
             result = run_one(args, kind)
         finally:
             if not args.keep:
-                shutil.rmtree(args.data_dir / kind, ignore_errors=True)
-                if kind == "postgresql":
-                    with contextlib.suppress(Exception):
-                        pg_admin(args.pg_admin_url, f'DROP DATABASE IF EXISTS "{args.pg_database}" WITH (FORCE)')
-        result = {
-            "benchmark": "retention",
-            "command": " ".join([".venv/bin/python", "bench/retention.py", *sys.argv[1:]]),
-            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "machine": mach,
-            **result,
-        }
-        out = Path(args.out.format(db=kind))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+                drop_catalogue(args, kind, ignore_errors=True)
+        result, out = write_result("retention", args.out, kind, mach, result)
         sw = result["sweep"]
         print(
             f"\n{kind}: {result['catalogue']['rows']:,} rows; dry run {result['dry_run_seconds']} s "
