@@ -361,10 +361,19 @@ class Sweeper:
 
     # -- planning helpers --
     def _space_needed(self, total: int, used: int) -> int:
-        """Bytes to free so the volume falls under the low-water mark, if it is above the high-water mark; else 0."""
-        if total <= 0 or used * 100 <= self.settings.retention_high_water_percent * total:
+        """Bytes to free: down to the low-water mark when the volume is above the high-water mark; and, when its
+        free space is below the recorder's critical mark (``volume_min_free_bytes``; on a small volume or with a
+        large reserve that comes before the high-water mark), until twice that mark is free, so a recorder stopped
+        by ``storage_full`` can resume with room to spare. 0 when neither applies."""
+        if total <= 0:
             return 0
-        return max(0, used - math.floor(self.settings.retention_low_water_percent * total / 100))
+        need = 0
+        if used * 100 > self.settings.retention_high_water_percent * total:
+            need = used - math.floor(self.settings.retention_low_water_percent * total / 100)
+        critical = self.settings.volume_min_free_bytes
+        if critical and total - used < critical:
+            need = max(need, 2 * critical - (total - used))
+        return max(0, need)
 
     def _volumes(self, report: SweepReport) -> list[_Volume]:
         out = []

@@ -358,6 +358,27 @@ def test_above_high_water_oldest_deletable_go_first_across_cameras(runtime_on, s
     assert _sweeper(rt, now).run().segments == 0
 
 
+def test_below_the_critical_mark_space_is_freed_even_under_the_high_water_mark(runtime_on, small_fs: Path) -> None:
+    """A reserve larger than the high-water slack: the recorder would stop (storage_full) while the volume is still
+    under the high-water mark. The sweeper frees deletable footage until twice the reserve is free."""
+    rt = runtime_on(small_fs)
+    add_camera(rt, "cam1")
+    add_segments(rt, "cam1", T0, 8)
+    add_segments(rt, "cam1", T0 + 39 * DAY, 2)  # seq 9, 10: still retained
+    size = os.path.getsize(next(iter(_files(rt))))
+    _fill_to(small_fs, 96)
+    free = shutil.disk_usage(small_fs).free
+    rt.settings.retention_high_water_percent, rt.settings.retention_low_water_percent = 99.5, 99.0
+    rt.settings.volume_min_free_bytes = free + size  # just below the critical mark, far under high water
+    report = _sweeper(rt, T0 + 40 * DAY).run()
+    k = -(-(2 * rt.settings.volume_min_free_bytes - free) // size)  # the fewest oldest segments that free enough
+    assert 0 < k < 8
+    assert _remaining(rt) == {("cam1", n) for n in range(k + 1, 11)}
+    assert report.cameras["cam1"].reasons == {"space"}
+    assert shutil.disk_usage(small_fs).free >= 2 * rt.settings.volume_min_free_bytes
+    _chains_verify(rt, ["cam1"])
+
+
 # --- the command and the schedule -----------------------------------------------------------------------------------
 def test_cli_dry_run_changes_nothing_and_the_sweep_is_audited_as_the_cli_user(runtime: Runtime, nvr_env) -> None:
     rt = runtime
