@@ -32,7 +32,7 @@ from nvr import registry
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import Camera, EvidenceHold, HoldCamera, Segment, User, Volume
-from retention.protect import PROTECTING_HOLD_STATES, held
+from retention.protect import PROTECTING_HOLD_STATES, held, hold_protects, protecting_hold_exists
 
 log = logging.getLogger(__name__)
 
@@ -262,20 +262,7 @@ def seal_new_segment(session: Session, camera_id: str, start_us: int, end_us: in
     """Called by the recorder right after registering a segment, in the same transaction: make its file read-only
     when an unreleased hold covers it (an open-ended hold keeps catching new footage). True when sealed."""
     _lock_cameras(session, [camera_id])
-    covering = session.scalar(
-        select(
-            exists(
-                select(HoldCamera.hold_id)
-                .join(EvidenceHold, EvidenceHold.id == HoldCamera.hold_id)
-                .where(
-                    HoldCamera.camera_id == camera_id,
-                    EvidenceHold.state.in_(PROTECTING_HOLD_STATES),
-                    EvidenceHold.start_us < end_us,
-                    or_(EvidenceHold.end_us.is_(None), EvidenceHold.end_us > start_us),
-                )
-            )
-        )
-    )
+    covering = session.scalar(select(protecting_hold_exists(camera_id, start_us, end_us)))
     if not covering:
         return False
     problem = _chmod(Path(path), seal=True)
@@ -547,12 +534,7 @@ def overlapping(s: Session, camera_id: str, start_us: int, end_us: int) -> list[
     rows = s.scalars(
         select(EvidenceHold)
         .join(HoldCamera, HoldCamera.hold_id == EvidenceHold.id)
-        .where(
-            HoldCamera.camera_id == camera_id,
-            EvidenceHold.state.in_(PROTECTING_HOLD_STATES),
-            EvidenceHold.start_us < end_us,
-            or_(EvidenceHold.end_us.is_(None), EvidenceHold.end_us > start_us),
-        )
+        .where(hold_protects(camera_id, start_us, end_us))
         .order_by(EvidenceHold.start_us, EvidenceHold.id)
     )
     return [

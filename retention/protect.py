@@ -14,6 +14,8 @@ there is no window between checking and selecting in which a hold or pin could s
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import BigInteger, ColumnElement, and_, cast, exists, not_, or_, select
 
 from nvr.models import Camera, EvidenceHold, HoldCamera, ReadPin, RetentionPolicy, Segment
@@ -23,18 +25,29 @@ DAY_US = 86_400_000_000
 PROTECTING_HOLD_STATES = ("active", "release_requested")
 
 
-def held() -> ColumnElement[bool]:
-    """An unreleased hold names the segment's camera and overlaps it (an open end reaches to the future)."""
+def hold_protects(camera_id: Any, start_us: Any, end_us: Any) -> ColumnElement[bool]:
+    """Over ``hold_cameras`` joined to ``evidence_holds``: an unreleased hold names the camera and overlaps
+    [start_us, end_us) (an open end reaches to the future). Values or columns; the one definition of hold coverage,
+    used for segments here, for new segments and for listings in retention.holds."""
+    return and_(
+        HoldCamera.camera_id == camera_id,
+        EvidenceHold.state.in_(PROTECTING_HOLD_STATES),
+        EvidenceHold.start_us < end_us,
+        or_(EvidenceHold.end_us.is_(None), EvidenceHold.end_us > start_us),
+    )
+
+
+def protecting_hold_exists(camera_id: Any, start_us: Any, end_us: Any) -> ColumnElement[bool]:
     return exists(
         select(HoldCamera.hold_id)
         .join(EvidenceHold, EvidenceHold.id == HoldCamera.hold_id)
-        .where(
-            HoldCamera.camera_id == Segment.camera_id,
-            EvidenceHold.state.in_(PROTECTING_HOLD_STATES),
-            EvidenceHold.start_us < Segment.end_us,
-            or_(EvidenceHold.end_us.is_(None), EvidenceHold.end_us > Segment.start_us),
-        )
+        .where(hold_protects(camera_id, start_us, end_us))
     )
+
+
+def held() -> ColumnElement[bool]:
+    """An unreleased hold names the segment's camera and overlaps it."""
+    return protecting_hold_exists(Segment.camera_id, Segment.start_us, Segment.end_us)
 
 
 def pinned(now_us: int) -> ColumnElement[bool]:

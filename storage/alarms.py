@@ -19,10 +19,8 @@ from nvr.clock import iso
 from nvr.config import Settings
 from nvr.errors import NvrError
 from nvr.models import Camera, RecorderState
+from nvr.status import STALE_US
 from storage import volumes as vol
-
-# A recorder that has not reported for this long is not recording at all; its last state no longer counts.
-STALE_US = 20_000_000
 
 
 @dataclass
