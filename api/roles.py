@@ -22,14 +22,24 @@ CAPABILITIES: dict[str, frozenset[str]] = {
             "retention.manage",
             "retention.read",
             "system.monitor",
+            "integrity.read",
         }
     ),
     "approver": frozenset(
-        {"grants.issue", "grants.oversee", "cameras.catalog", "holds.place", "holds.release", "retention.read"}
+        {
+            "grants.issue",
+            "grants.oversee",
+            "cameras.catalog",
+            "holds.place",
+            "holds.release",
+            "retention.read",
+            "exports.approve",
+            "exports.oversee",
+        }
     ),
-    "officer": frozenset({"footage", "footage.request", "holds.place"}),
+    "officer": frozenset({"footage", "footage.request", "holds.place", "exports.request", "exports.cosign"}),
     "operator": frozenset({"footage", "system.monitor"}),
-    "auditor": frozenset({"audit.read", "retention.read"}),
+    "auditor": frozenset({"audit.read", "retention.read", "exports.oversee", "integrity.read"}),
     "viewer": frozenset({"footage"}),
 }
 # Which footage actions a grant may give a holder of each role.

@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(default=1000, ge=1, le=100_000)
     """Segments per sweeper batch (one garbage-list round and one audit event each)."""
 
+    checkpoint_interval_minutes: float = Field(default=10.0, gt=0, le=1440)
+    """How often the server writes a signed checkpoint of every camera's chain head and the audit log's head."""
+    scrub_read_mb_per_second: float = Field(default=20.0, ge=0, le=10_000)
+    """Read rate of the background scrubber that re-hashes segments (MB = 10^6 bytes); 0 turns it off."""
+    scrub_pass_interval_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    """A scrub pass over the whole archive starts at most this often (it takes as long as the rate needs)."""
+    export_approval_valid_days: int = Field(default=7, ge=1, le=90)
+    """An approved export request expires this long after its approval if no bundle was made."""
+    export_bundle_days: int = Field(default=30, ge=1, le=3650)
+    """A finished export bundle may be downloaded for this long; then it is deleted."""
+    export_max_downloads: int = Field(default=3, ge=1, le=100)
+    """How many times a bundle may be downloaded (by its requester and co-signer together)."""
+    export_max_window_hours: int = Field(default=24, ge=1, le=24 * 31)
+    """Longest footage window one export request may cover."""
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     api_host: str = "127.0.0.1"
@@ -126,6 +141,11 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Finished export bundles (and, while one is made, its ``.partial`` file)."""
+        return self.data_dir / "exports"
 
     @classmethod
     def settings_customise_sources(

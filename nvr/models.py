@@ -340,7 +340,8 @@ class ReadPin(Base):
     __tablename__ = "read_pins"
     __table_args__ = (Index("ix_read_pins_camera", "camera_id", "start_us"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    grant_id: Mapped[int] = mapped_column(ForeignKey("grants.id"), index=True)
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), index=True, nullable=True)
+    """The grant a playback stream counts against; None for an export job's pin (``request_id`` "export-<job>")."""
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     token_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     camera_id: Mapped[str] = mapped_column(ForeignKey("cameras.id"))
@@ -411,3 +412,136 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- signing keys, checkpoints, exports and integrity findings (integrity/, storage/, api/) -----------------
+class SigningKey(Base):
+    """The public half of every signing key the server has used, so checkpoints and bundles it ever signed still
+    verify after a rotation. The private half lives only in ``<data_dir>/keys`` (integrity.keys), readable by the
+    service alone. ``fingerprint`` = SHA-256 of the public key's DER SubjectPublicKeyInfo, lowercase hex."""
+
+    __tablename__ = "signing_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    suite: Mapped[str] = mapped_column(String(40))
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    retired_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When a rotation replaced it; None for the key in use."""
+
+
+class Checkpoint(Base):
+    """A signed statement of every camera's chain head (latest seq and link, across tombstones) and the audit log's
+    head at ``created_us``: a segment finished before it is proven to have existed unaltered then. ``body`` is
+    the canonical JSON that was signed, byte for byte; ``signature`` its hex signature by ``key_id``."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_created", "created_us"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(ForeignKey("signing_keys.key_id", name="fk_checkpoints_key"))
+    suite: Mapped[str] = mapped_column(String(40))
+    body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+
+
+class ExportRequest(Base):
+    """One matter, one application: an officer's request to copy footage out, co-signed by a second officer of the
+    same unit and approved by an approver of each camera's owning unit (or covered by the requester's export grant
+    when every camera is ``unconditional``). ``cameras`` is comma-separated.
+
+    ``state``: ``pending_cosign`` → ``pending_approval`` → ``approved``; or ``rejected`` / ``withdrawn``. An
+    approved request past ``approved_until_us`` with no bundle made is ``expired`` (derived, never stored)."""
+
+    __tablename__ = "export_requests"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    requester_id: Mapped[int] = mapped_column(ForeignKey("users.id", name="fk_export_requests_requester"), index=True)
+    cameras: Mapped[str] = mapped_column(Text)
+    window_start_us: Mapped[int] = mapped_column(BigInteger)
+    window_end_us: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(Text)
+    case_ref: Mapped[str] = mapped_column(String(200), index=True)
+    legal_basis: Mapped[str] = mapped_column(Text)
+    recipient: Mapped[str] = mapped_column(Text)
+    destination: Mapped[str] = mapped_column(Text)
+    route: Mapped[str] = mapped_column(String(20))
+    """``approval`` (approvers of the owning units decide) or ``grant`` (unconditional cameras, export grant)."""
+    grant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("grants.id", name="fk_export_requests_grant"), nullable=True
+    )
+    state: Mapped[str] = mapped_column(String(20))
+    cosigner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", name="fk_export_requests_cosigner"), nullable=True
+    )
+    cosigned_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decided_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    approved_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    updated_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ExportApproval(Base):
+    """One owning unit's decision on an export request, by an approver of that unit."""
+
+    __tablename__ = "export_approvals"
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("export_requests.id", name="fk_export_approvals_request"), primary_key=True
+    )
+    unit: Mapped[str] = mapped_column(String(200), primary_key=True)
+    approver_id: Mapped[int] = mapped_column(ForeignKey("users.id", name="fk_export_approvals_approver"))
+    decision: Mapped[str] = mapped_column(String(20))
+    """``approved`` or ``rejected``."""
+    reason: Mapped[str] = mapped_column(Text)
+    decided_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ExportJob(Base):
+    """Making one bundle for an approved request, in the background. ``state``: ``queued``, ``running``, ``done``,
+    ``failed``, ``cancelled``; ``deleted`` once the bundle's lifetime ended and its file was removed.
+    ``bundle_name`` is the file's name in ``<data_dir>/exports``; nothing is there until it is complete."""
+
+    __tablename__ = "export_jobs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("export_requests.id", name="fk_export_jobs_request"), index=True)
+    state: Mapped[str] = mapped_column(String(20))
+    started_by: Mapped[int] = mapped_column(ForeignKey("users.id", name="fk_export_jobs_started_by"))
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    started_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    heartbeat_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    bundle_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    bundle_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+    expires_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    deleted_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class IntegrityFinding(Base):
+    """A problem the scrubber or ``nvr verify`` found in the archive (``kind``: hash_mismatch, missing_file,
+    missing_row, chain_break, unknown_file, bad_signature). Open (``resolved_us`` None) findings raise the
+    ``integrity_mismatch`` alarm; one open row per (kind, camera, seq, subject)."""
+
+    __tablename__ = "integrity_findings"
+    __table_args__ = (Index("ix_integrity_findings_open", "resolved_us", "kind"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    camera_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Footage time the problem concerns (a segment's start), when there is one."""
+    subject: Mapped[str] = mapped_column(Text)
+    """What is affected: a file path, ``segment <camera> #<seq>``, ``checkpoint 12``, ``audit event 40``."""
+    detail: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(20))
+    """``scrubber`` or ``verify``."""
+    found_us: Mapped[int] = mapped_column(BigInteger)
+    resolved_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
