@@ -1,0 +1,313 @@
+"""Signed checkpoints: every few minutes the server signs what every camera's chain and the audit log look like.
+
+A checkpoint's body is canonical JSON (integrity.chain.canonical_json: sorted keys, no spaces, ASCII)::
+
+    {"audit": {"hash": <hex>, "seq": <int>},
+     "cameras": {<camera_id>: {"link": <hex>, "seq": <int>}, ...},
+     "created_us": <int>, "database_id": <str>, "type": "nvr-checkpoint", "v": 1}
+
+``cameras`` names each camera's chain head across what retention deleted (the newer of its last segment row and
+its last tombstone; cameras that never finished a segment are left out) and ``audit`` the audit log's head row.
+The row keeps the exact text that was signed and the hex signature, so the body can be re-verified byte for byte.
+Since a segment link commits to every earlier link, a checkpoint naming ``{seq, link}`` of a camera proves that
+camera's segments up to ``seq`` existed, unaltered, when the checkpoint was made (issue 5).
+
+Heads only ever move forward, so "covers seq" is monotone along the checkpoints in creation order; :func:`covering`
+finds the earliest covering one starting at the segment row's own ``created_us`` and walking forward a little,
+with a binary search on time as the fallback (tens of thousands of checkpoints stay cheap).
+
+:class:`CheckpointScheduler` runs in the server: one checkpoint at start, then one whenever the newest one in the
+database is ``checkpoint_interval_minutes`` old by the injected clock (so several server processes sharing a
+database do not each write their own), creating the first signing key if there is none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from integrity import keys, signing
+from integrity.chain import canonical_json
+from nvr.clock import Clock
+from nvr.config import Settings
+from nvr.db import Database
+from nvr.errors import Kind, NvrError
+from nvr.models import AuditHead, Checkpoint, Segment, SegmentTombstone, SigningKey
+
+log = logging.getLogger(__name__)
+
+BODY_TYPE = "nvr-checkpoint"
+BODY_VERSION = 1
+WALK = 64
+"""Checkpoints :func:`covering` reads forward from the segment's creation before it switches to a binary search."""
+POLL_SECONDS = 30.0
+"""Longest the scheduler sleeps before looking at the clock again (it also wakes on :meth:`wake`)."""
+
+
+# --- making -----------------------------------------------------------------------------------------------------
+def chain_heads(session: Session) -> dict[str, dict[str, Any]]:
+    """Every camera's chain head ``{"seq", "link"}``: the newer of its last segment row and its last tombstone
+    (storage.catalog.chain_head, for all cameras in two queries)."""
+    heads: dict[str, tuple[int, str]] = {}
+    last_rows = select(Segment.camera_id, func.max(Segment.seq).label("seq")).group_by(Segment.camera_id).subquery()
+    for cam, seq, link in session.execute(
+        select(Segment.camera_id, Segment.seq, Segment.link).join(
+            last_rows, (Segment.camera_id == last_rows.c.camera_id) & (Segment.seq == last_rows.c.seq)
+        )
+    ):
+        heads[cam] = (int(seq), str(link))
+    T = SegmentTombstone
+    last_tombs = select(T.camera_id, func.max(T.last_seq).label("seq")).group_by(T.camera_id).subquery()
+    for cam, seq, link in session.execute(
+        select(T.camera_id, T.last_seq, T.last_link).join(
+            last_tombs, (T.camera_id == last_tombs.c.camera_id) & (T.last_seq == last_tombs.c.seq)
+        )
+    ):
+        heads[cam] = max(heads.get(cam, (0, "")), (int(seq), str(link)))
+    return {cam: {"seq": seq, "link": link} for cam, (seq, link) in sorted(heads.items())}
+
+
+def make_body(session: Session, now_us: int, database_id: str) -> str:
+    head_seq, head_hash = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    body = {
+        "type": BODY_TYPE,
+        "v": BODY_VERSION,
+        "created_us": int(now_us),
+        "database_id": database_id,
+        "cameras": chain_heads(session),
+        "audit": {"seq": int(head_seq), "hash": str(head_hash)},
+    }
+    return canonical_json(body).decode("ascii")
+
+
+def make_checkpoint(session: Session, signer: signing.Signer, now_us: int, database_id: str) -> Checkpoint:
+    """Sign the current heads and store the checkpoint (flushed; the caller commits)."""
+    body = make_body(session, now_us, database_id)
+    row = Checkpoint(
+        created_us=int(now_us),
+        key_id=signer.key_id,
+        suite=signer.suite,
+        body=body,
+        signature=signer.sign(body.encode("ascii")).hex(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+# --- reading and verifying --------------------------------------------------------------------------------------
+def parse_body(text: str) -> dict[str, Any]:
+    """The body as a dict; ``checkpoint_invalid`` (DATA_LOSS) when it is not a checkpoint body of this version."""
+    try:
+        body = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise NvrError(Kind.DATA_LOSS, "checkpoint_invalid", f"checkpoint body is not JSON: {exc}") from None
+    ok = (
+        isinstance(body, dict)
+        and body.get("type") == BODY_TYPE
+        and body.get("v") == BODY_VERSION
+        and isinstance(body.get("created_us"), int)
+        and isinstance(body.get("database_id"), str)
+        and isinstance(body.get("cameras"), dict)
+        and all(_is_head(h, "link") for h in body["cameras"].values())
+        and _is_head(body.get("audit"), "hash")
+    )
+    if not ok:
+        raise NvrError(
+            Kind.DATA_LOSS, "checkpoint_invalid", f"not a version {BODY_VERSION} {BODY_TYPE} body: {text[:200]!r}"
+        )
+    return body
+
+
+def _is_head(h: object, hash_name: str) -> bool:
+    return isinstance(h, dict) and isinstance(h.get("seq"), int) and isinstance(h.get(hash_name), str)
+
+
+def verify_checkpoint(row: Checkpoint, keys_by_id: dict[str, SigningKey]) -> str | None:
+    """None when ``row``'s signature is its key's signature of exactly its body; otherwise what is wrong."""
+    key = keys_by_id.get(row.key_id)
+    if key is None:
+        return f"checkpoint {row.id}: signed by key {row.key_id}, which is not a known signing key"
+    if key.suite != row.suite:
+        return f"checkpoint {row.id}: suite {row.suite} differs from key {row.key_id}'s suite {key.suite}"
+    try:
+        signature = bytes.fromhex(row.signature)
+    except ValueError:
+        return f"checkpoint {row.id}: signature is not hex"
+    try:
+        good = signing.verify(key.suite, key.public_key_pem, row.body.encode("ascii"), signature)
+    except (NvrError, UnicodeEncodeError) as exc:
+        return f"checkpoint {row.id}: cannot be checked: {exc}"
+    if not good:
+        return f"checkpoint {row.id}: signature by {key.key_id} does not match its body (body or signature altered)"
+    try:
+        body = parse_body(row.body)
+    except NvrError as exc:
+        return f"checkpoint {row.id}: {exc.message}"
+    if body["created_us"] != row.created_us:
+        return f"checkpoint {row.id}: signed time {body['created_us']} differs from the stored {row.created_us}"
+    return None
+
+
+def covers(row: Checkpoint, camera_id: str, seq: int) -> bool:
+    head = parse_body(row.body)["cameras"].get(camera_id)
+    return head is not None and head["seq"] >= seq
+
+
+def covering(session: Session, camera_id: str, seq: int) -> Checkpoint | None:
+    """The earliest checkpoint (by ``created_us``) whose body has ``cameras[camera_id].seq >= seq``, or None."""
+    order = (Checkpoint.created_us, Checkpoint.id)
+    newest = session.scalar(select(Checkpoint).order_by(*(c.desc() for c in order)).limit(1))
+    if newest is None or not covers(newest, camera_id, seq):
+        return None  # heads only move forward: if the newest does not cover it, none does
+    made = session.scalar(select(Segment.created_us).where(Segment.camera_id == camera_id, Segment.seq == seq))
+    # Usually the first checkpoint after the row was made covers it (or the next, if it ran before the commit).
+    walked: list[Checkpoint] = []
+    if made is not None:
+        walked = list(
+            session.scalars(select(Checkpoint).where(Checkpoint.created_us >= made).order_by(*order).limit(WALK))
+        )
+    for row in walked:
+        if covers(row, camera_id, seq):
+            return row
+    # Not within the walk (a swept row, a clock step, a long outage of the scheduler): binary search on time for
+    # the smallest t whose first checkpoint at or after t covers; "covers" only turns from false to true.
+    lo = walked[-1].created_us + 1 if walked else int(session.scalar(select(func.min(Checkpoint.created_us))) or 0)
+    hi = newest.created_us
+    lo = min(lo, hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        found = _first_at_or_after(session, mid)
+        if found is not None and covers(found, camera_id, seq):
+            hi = mid
+        else:
+            lo = mid + 1
+    return _first_at_or_after(session, lo) or newest
+
+
+def _first_at_or_after(session: Session, t: int) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.created_us >= t).order_by(Checkpoint.created_us, Checkpoint.id).limit(1)
+    )
+
+
+# --- the schedule -----------------------------------------------------------------------------------------------
+class CheckpointScheduler:
+    """Writes a checkpoint at start and then every ``checkpoint_interval_minutes`` by ``clock``, in a daemon
+    thread; :meth:`wake` makes it look at the clock now, :meth:`request` makes it write one now. A failing run
+    (no database, a lost key file) is logged, kept in :attr:`last_error`, and retried; the thread never dies."""
+
+    def __init__(
+        self, db: Database, settings: Settings, clock: Clock, keys_dir: Path, *, poll_seconds: float = POLL_SECONDS
+    ) -> None:
+        self.db, self.settings, self.clock, self.keys_dir = db, settings, clock, keys_dir
+        self.poll_seconds = poll_seconds
+        self.written = 0
+        """Checkpoints this scheduler wrote."""
+        self.passes = 0
+        """Times it looked at the clock (written or not)."""
+        self.last_checkpoint_id: int | None = None
+        self.last_error: str | None = None
+        self._forced = True  # the first pass writes one
+        self._last_mono: int | None = None
+        self._left_us = 0
+        self._database_id: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._done = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def interval_us(self) -> int:
+        return int(self.settings.checkpoint_interval_minutes * 60_000_000)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="checkpoints", daemon=True)
+        self._thread.start()
+        log.info("checkpoint scheduler started: every %g min", self.settings.checkpoint_interval_minutes)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def request(self) -> None:
+        """Write a checkpoint now, whatever the schedule says."""
+        self._forced = True
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_passes(self, n: int, timeout: float) -> bool:
+        """Block until at least ``n`` passes have finished."""
+        with self._done:
+            return self._done.wait_for(lambda: self.passes >= n, timeout)
+
+    def _loop(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait = self.poll_seconds
+            try:
+                if first:
+                    self._start_up()
+                    first = False
+                wait = min(wait, self._pass())
+                self.last_error = None
+            except Exception as exc:
+                message = str(exc)
+                if message != self.last_error:  # once per distinct problem, not every poll
+                    if isinstance(exc, NvrError):
+                        log.error("cannot write a signed checkpoint: %s", message)
+                    else:
+                        log.exception("cannot write a signed checkpoint")
+                self.last_error = message
+            with self._done:
+                self.passes += 1
+                self._done.notify_all()
+            self._wake.wait(max(wait, 0.01))
+
+    def _start_up(self) -> None:
+        self._database_id = self.db.database_id()
+        with self.db.session() as s:
+            keys.ensure_key(s, self.keys_dir, self.clock.now_us())
+        with self.db.session() as s:
+            keys.purge_retired(s, self.keys_dir)
+
+    def _pass(self) -> float:
+        """Write a checkpoint if one is due; returns how many seconds until the next one is."""
+        now, mono = self.clock.now_us(), self.clock.monotonic_us()
+        forced, self._forced = self._forced, False
+        try:
+            row = self._write_if_due(now, mono, forced)
+        except BaseException:
+            self._forced = self._forced or forced
+            raise
+        if row is None:
+            return self._left_us / 1e6
+        self._last_mono = mono
+        self.written += 1
+        self.last_checkpoint_id = row.id
+        log.debug("checkpoint %s written", row.id)
+        return self.interval_us / 1e6
+
+    def _write_if_due(self, now: int, mono: int, forced: bool) -> Checkpoint | None:
+        with self.db.session() as s:
+            newest = s.scalar(select(func.max(Checkpoint.created_us)))
+            if not forced and newest is not None:
+                if newest <= now:
+                    left = newest + self.interval_us - now
+                else:  # the wall clock went back past the newest checkpoint: keep the pace by the monotonic clock
+                    left = 0 if self._last_mono is None else self._last_mono + self.interval_us - mono
+                if left > 0:
+                    self._left_us = left
+                    return None
+            return make_checkpoint(s, keys.active_signer(s, self.keys_dir), now, self._database_id or "")

@@ -1,0 +1,130 @@
+"""``nvr keys list|rotate|export-public``: the server's signing keys (integrity.keys).
+
+Private keys never leave the keys folder through these commands: ``export-public`` writes the public key (PEM) and
+its fingerprint, which is what a recipient of an export bundle compares (``nvr verify-export --trusted-key FP``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, app
+from nvr.clock import iso
+
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="Signing keys: list them, rotate the active one, export a public key. The server signs checkpoints and "
+    "export bundles with the active key; retired keys' public halves stay so what they signed still verifies.",
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _row(k: Any) -> dict[str, Any]:
+    from integrity.signing import format_fingerprint
+
+    return {
+        "key_id": k.key_id,
+        "suite": k.suite,
+        "fingerprint": k.fingerprint,
+        "fingerprint_groups": format_fingerprint(k.fingerprint),
+        "created": iso(k.created_us),
+        "retired": iso(k.retired_us),
+        "active": k.retired_us is None,
+    }
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """Every signing key the server has used, oldest first; the active one is marked with '*'."""
+    from integrity import keys
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        rows = [_row(k) for k in keys.public_keys(s)]
+    if not rows:
+        human = "no signing key yet: 'nvr init' (or 'nvr keys rotate') creates one"
+    else:
+        lines = []
+        for r in rows:
+            mark = "*" if r["active"] else " "
+            state = "active" if r["active"] else f"retired {r['retired']}"
+            lines += [
+                f"{mark} {r['key_id']}  {r['suite']}  created {r['created']}  {state}",
+                f"    fingerprint {r['fingerprint']}",
+                f"                {r['fingerprint_groups']}",
+            ]
+        human = "\n".join(lines)
+    _emit({"keys": rows}, as_json, human)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retire the active signing key and make a new one (the first one, if there is none). Bundles and checkpoints
+    signed with the old key still verify; its private key file is deleted. Recipients who pinned the old
+    fingerprint need the new one for bundles made from now on."""
+    from integrity import audit_log, keys
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        current = keys.active_key(s)
+    if not yes:
+        what = f"retire signing key {current.key_id} and make a new one" if current else "make the first signing key"
+        if not typer.confirm(f"{what}?"):
+            typer.echo("nothing changed", err=True)
+            raise typer.Exit(1)
+    actor, kd, now = _cli_actor(), rt.settings.keys_dir, rt.clock.now_us()
+    retired = None
+    with rt.db.session() as s:
+        if keys.active_key(s) is None:
+            new = keys.ensure_key(s, kd, now, actor=actor, meta=audit_log.CLI)
+        else:
+            retired, new = keys.rotate(s, kd, now, actor=actor, meta=audit_log.CLI)
+    with rt.db.session() as s:
+        keys.purge_retired(s, kd)
+    active = _row(new)
+    data = {"retired": _row(retired) if retired else None, "active": active}
+    lines = [f"retired {retired.key_id}" if retired else "created the first signing key"]
+    lines += [f"active key {new.key_id} ({new.suite})", f"fingerprint {active['fingerprint']}"]
+    lines.append(f"            {active['fingerprint_groups']}")
+    _emit(data, as_json, "\n".join(lines))
+
+
+@keys_app.command("export-public")
+def keys_export_public(
+    key_id: Annotated[str | None, typer.Argument(help="Key id (default: the active key).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the PEM to this file.")] = None,
+) -> None:
+    """Print the public key (PEM) of the active or given key, or write it to --out; its fingerprint goes to
+    stderr. Give the fingerprint to bundle recipients through a second channel (phone, letter)."""
+    from integrity import keys
+    from integrity.signing import format_fingerprint
+    from nvr.errors import Kind, NvrError
+
+    rt = _runtime()
+    with rt.db.session() as s:
+        if key_id is None:
+            row = keys.active_key(s)
+            if row is None:
+                raise NvrError(
+                    Kind.FAILED_PRECONDITION, "signing_key_missing", "no signing key yet: run 'nvr init' first"
+                )
+        else:
+            row = keys.get_key(s, key_id)
+    pem = row.public_key_pem if row.public_key_pem.endswith("\n") else row.public_key_pem + "\n"
+    if out is None:
+        sys.stdout.write(pem)
+        sys.stdout.flush()
+    else:
+        out.write_text(pem, encoding="ascii")
+    where = f" written to {out}" if out else ""
+    state = "active" if row.retired_us is None else f"retired {iso(row.retired_us)}"
+    typer.echo(f"key {row.key_id} ({row.suite}, {state}){where}", err=True)
+    typer.echo(f"fingerprint {row.fingerprint}", err=True)
+    typer.echo(f"            {format_fingerprint(row.fingerprint)}", err=True)
