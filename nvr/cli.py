@@ -95,9 +95,17 @@ def main() -> None:
 @app.command()
 def init() -> None:
     """Create the data folder, the database schema and the default volume."""
+    from integrity import audit_log, keys
+    from integrity.signing import format_fingerprint
+
     rt = _runtime()
     rt.init_default_volume()
+    with rt.db.session() as s:
+        key = keys.ensure_key(s, rt.settings.keys_dir, rt.clock.now_us(), actor=_cli_actor(), meta=audit_log.CLI)
+        key_id, fingerprint = key.key_id, key.fingerprint
     typer.echo(f"data folder {rt.settings.data_dir} ready (database id {rt.db.database_id()})")
+    typer.echo(f"signing key {key_id}, fingerprint {fingerprint}")
+    typer.echo(f"  (read aloud: {format_fingerprint(fingerprint)}); give it to bundle recipients separately")
 
 
 @volume_app.command("init")
@@ -431,7 +439,7 @@ def record() -> None:
 
     rt = _runtime()
     rt.init_default_volume()
-    sweeper, ctx = _sweeper_and_recorder(rt)
+    background, ctx = _sweeper_and_recorder(rt)
     sup = Supervisor(ctx)
     sup.start()
     log.info("recorder running; %d camera(s)", len(sup.workers))
@@ -439,19 +447,39 @@ def record() -> None:
         _wait_for_signal()
     finally:
         sup.stop()
-        sweeper.stop()
+        _stop_all(background)
 
 
-def _sweeper_and_recorder(rt: Any) -> tuple[Any, Any]:
+def _sweeper_and_recorder(rt: Any) -> tuple[list[Any], Any]:
     """The retention sweeper runs wherever the recorder runs (the process that fills the disks), on its schedule
-    and at once when a worker finds no volume with room."""
+    and at once when a worker finds no volume with room; beside it the signed checkpoints and the scrubber."""
     from retention.sweeper import SweepScheduler
 
     sweeper = SweepScheduler(rt.db, rt.settings, rt.clock)
     ctx = rt.recorder_context()
     ctx.on_storage_full = sweeper.wake
     sweeper.start()
-    return sweeper, ctx
+    return [sweeper, *_integrity_services(rt, scrub=True)], ctx
+
+
+def _integrity_services(rt: Any, scrub: bool) -> list[Any]:
+    """Signed checkpoints on their schedule (every process that writes footage or audit events), and the
+    background scrubber (where the recorder runs: it reads the disks)."""
+    from integrity.checkpoints import CheckpointScheduler
+
+    started: list[Any] = [CheckpointScheduler(rt.db, rt.settings, rt.clock, rt.settings.keys_dir)]
+    if scrub and rt.settings.scrub_read_mb_per_second > 0:
+        from integrity.scrubber import Scrubber
+
+        started.append(Scrubber(rt.db, rt.settings, rt.clock))
+    for service in started:
+        service.start()
+    return started
+
+
+def _stop_all(services: list[Any]) -> None:
+    for service in services:
+        service.stop()
 
 
 @app.command()
@@ -467,7 +495,7 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
         from nvr.demo.service import start_demo
 
         demo_server = start_demo(rt.settings, rt.db, rt.clock)
-    sweeper, ctx = _sweeper_and_recorder(rt)
+    background, ctx = _sweeper_and_recorder(rt)
     sup = Supervisor(ctx)
     sup.start()
     log.info("server running; recording %d camera(s); data folder %s", len(sup.workers), rt.settings.data_dir)
@@ -476,7 +504,7 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
         serve_api(rt)
     finally:
         sup.stop()
-        sweeper.stop()
+        _stop_all(background)
         if demo_server is not None:
             demo_server.stop()
 
@@ -488,7 +516,11 @@ def api_cmd() -> None:
 
     rt = _runtime()
     _hint_first_admin(rt)
-    serve_api(rt)
+    background = _integrity_services(rt, scrub=False)
+    try:
+        serve_api(rt)
+    finally:
+        _stop_all(background)
 
 
 def _hint_first_admin(rt: Any) -> None:
@@ -629,4 +661,12 @@ def audit_verify(as_json: JsonOpt = False) -> None:
 
 
 # Command groups kept in their own modules register onto the apps above (they import this module's helpers).
-from nvr import cli_capacity, cli_holds, cli_policies, cli_sweep  # noqa: E402,F401
+from nvr import (  # noqa: E402,F401
+    cli_capacity,
+    cli_holds,
+    cli_keys,
+    cli_policies,
+    cli_sweep,
+    cli_verify,
+    cli_verify_export,
+)

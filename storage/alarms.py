@@ -3,7 +3,9 @@
 A volume is ``ok``, ``high_water`` (fuller than the sweeper's high-water mark: it is deleting expired footage),
 ``critical`` (free space below ``volume_min_free_bytes``: the recorder stops writing there) or ``unavailable``
 (missing, foreign identity, unreadable). ``storage_full`` is raised when a camera's recorder stopped because no
-volume had room: the recorder reports ``error`` with a reason starting ``storage_full``.
+volume had room: the recorder reports ``error`` with a reason starting ``storage_full``. ``integrity_mismatch`` is
+raised while the scrubber or ``nvr verify --record`` has an open finding (a segment whose bytes no longer match
+its hash, a missing file…; integrity.verify_archive).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from integrity.verify_archive import open_counts
 from nvr.clock import iso
 from nvr.config import Settings
 from nvr.errors import NvrError
@@ -39,6 +42,7 @@ class StorageAlarms:
     volumes: list[VolumeState] = field(default_factory=list)
     storage_full_cameras: list[str] = field(default_factory=list)
     storage_full_since: str | None = None
+    integrity_findings: dict[str, int] = field(default_factory=dict)
 
     @property
     def storage_full(self) -> bool:
@@ -53,6 +57,8 @@ class StorageAlarms:
             out.append("volume_critical")
         if any(v.state == "unavailable" for v in self.volumes):
             out.append("volume_unavailable")
+        if any(self.integrity_findings.values()):
+            out.append("integrity_mismatch")
         return out
 
     def as_dict(self) -> dict:
@@ -62,6 +68,7 @@ class StorageAlarms:
             if self.storage_full
             else None,
             "volumes": [asdict(v) for v in self.volumes],
+            "integrity_findings": {k: n for k, n in self.integrity_findings.items() if n},
         }
 
 
@@ -102,4 +109,5 @@ def storage_alarms(session: Session, settings: Settings, database_id: str, now_u
     out.storage_full_cameras = [r[0] for r in rows]
     if rows:
         out.storage_full_since = iso(min(r[1] for r in rows))
+    out.integrity_findings = open_counts(session)
     return out

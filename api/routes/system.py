@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from api import audit
 from api.context import Ctx, anonymous, requires
+from integrity.scrubber import metric_families
 from nvr.models import Camera, RecorderState, Segment
 from nvr.status import STALE_US
 from storage.alarms import StorageAlarms, storage_alarms
@@ -32,8 +33,8 @@ def alarms_now(ctx: Ctx) -> StorageAlarms:
 @router.get("/health")
 def health(ctx: Annotated[Ctx, Depends(anonymous("health"))]) -> dict[str, Any]:
     """Liveness for load balancers and a first look for people: no login, not audited. ``status`` is ``ok`` or
-    ``degraded``, with the alarm codes (``storage_full``, ``volume_critical``, ``volume_unavailable``); which
-    cameras and volumes are affected is at ``GET /system/health``."""
+    ``degraded``, with the alarm codes (``storage_full``, ``volume_critical``, ``volume_unavailable``,
+    ``integrity_mismatch``); which cameras and volumes are affected is at ``GET /system/health``."""
     codes = alarms_now(ctx).codes
     return {"status": "degraded" if codes else "ok", "alarms": codes}
 
@@ -59,6 +60,7 @@ class _Collector:
         now = ctx.now_us
         with ctx.db.session() as s:
             found = storage_alarms(s, ctx.settings, ctx.db.database_id(), now)
+            integrity = metric_families(s)
             states = dict(
                 s.execute(
                     select(RecorderState.camera_id, RecorderState.state)
@@ -107,6 +109,7 @@ class _Collector:
         yield free
         yield total
         yield state
+        yield from integrity
 
 
 @router.get(
