@@ -1,0 +1,590 @@
+"""The export bundle: one ZIP that carries footage out of the archive together with the proof that it is genuine.
+
+Format (docs/exports/bundle.md): every member ZIP_STORED (no compression; ZIP64 when needed), members
+``originals/<camera>/<seq:010d>.mp4`` (the archive's segment files, byte for byte: the evidence master),
+``convenience/<camera>[-partN].mp4`` (the exact window remuxed into one plain MP4, never re-encoded),
+``keys/<key_id>.pem`` (every key that signed an included checkpoint), ``public_key.pem`` and ``public_key.sha256``
+(the signing key and its fingerprint), ``VERIFY.txt`` (how to check it by hand), ``SHA256SUMS`` (every file but the
+manifest, its signature and itself), ``manifest.json`` (what, who, why, every hash, the chain rows and the signed
+checkpoints that cover them) and ``manifest.sig`` (the signature over manifest.json's exact bytes).
+
+Writing is fail-closed: every original is hashed while it is copied into the ZIP, and one whose bytes do not hash to
+its catalogue row (or whose size differs, or that is missing) stops the export with an error naming camera, seq
+and footage time; before any byte is written the rows are checked to chain up to the signed checkpoint, and the
+checkpoints' signatures are checked. The bundle is written to ``<dest>.partial``, fsynced and renamed into place;
+on any failure or cancellation the partial file and every temporary file are removed, so a bundle either exists
+complete or not at all.
+
+Speed: each original is read once, in 1 MiB chunks (two buffers in rotation; small enough to stay in the CPU
+cache while it is hashed, CRC-ed and written: 8 MiB chunks made copying several times slower). Per chunk its
+SHA-256 runs on one worker thread while the main thread computes the ZIP CRC-32 and writes; the bytes written go
+through a sink that hashes the whole bundle (for the job's ``bundle_sha256``) on a second worker. hashlib and zlib
+release the GIL on large buffers, so these overlap. The sink is deliberately not seekable: zipfile then writes each
+member strictly in order (CRC and sizes in a data descriptor after the data, and in the central directory), so the
+bundle's hash is computed as it is written instead of in a second pass. The convenience remux (``storage.remux``)
+runs on its own thread at the same time as the originals are copied; its files are then copied in the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from integrity import chain, signing
+from nvr.clock import iso, to_datetime
+from nvr.errors import Kind, NvrError
+from storage import remux
+from storage.reader import SegmentRef
+from storage.volumes import fsync_dir
+from storage.writer import rename_noreplace
+
+FORMAT = "nvr-export-bundle"
+VERSION = 1
+CHUNK = 1 << 20  # see the module docstring: larger chunks fall out of the CPU cache
+PROGRESS_EVERY_S = 0.25
+PARTIAL_SUFFIX = ".partial"
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+SUMS = "SHA256SUMS"
+PUBLIC_KEY = "public_key.pem"
+FINGERPRINT = "public_key.sha256"
+VERIFY = "VERIFY.txt"
+
+EXPORT_KEYS = (
+    "request_id",
+    "job_id",
+    "purpose",
+    "case_ref",
+    "legal_basis",
+    "recipient",
+    "destination",
+    "route",
+    "grant_id",
+    "requester",
+    "cosigner",
+    "approvers",
+)
+
+# The standard-tools recipe. Lines starting with "  $ " are commands, run in order in one POSIX shell; the tests
+# run exactly these lines (with BUNDLE and TRUSTED set) against good and tampered bundles.
+VERIFY_TEMPLATE = """\
+NVR export bundle: how to check it
+==================================
+
+This ZIP holds the original recordings, byte for byte as archived (originals/), a convenience MP4 of
+the exact window, remuxed, not re-encoded (convenience/), manifest.json (cameras, window, who asked,
+who approved, why, every file's SHA-256, the chain rows and the signed checkpoints that cover them),
+manifest.sig (the signature over manifest.json), and the server's public key (public_key.pem).
+
+Get the server's key fingerprint through a trusted channel, NOT from this bundle: 64 hex digits.
+This bundle says it was signed by key {key_id}, fingerprint
+{fingerprint}
+
+1. With the nvr tool (needs no server and no database; checks everything, including that every
+   original's catalogue row chains up to a checkpoint signed by the server):
+
+  $ nvr verify-export export.zip --trusted-key TRUSTED-FINGERPRINT
+
+   It prints "valid" (exit status 0), "invalid" and each failed check (1), or "unsigned" (2).
+
+2. With standard tools only (Debian: unzip, coreutils, grep, OpenSSL 3). Run these commands in order
+   in an empty folder; put the bundle's path in BUNDLE and the trusted fingerprint (lowercase, no
+   colons) in TRUSTED. Each must succeed (exit status 0) and print what its comment says:
+
+  $ BUNDLE=/path/to/export.zip
+  $ TRUSTED=the-64-hex-digit-fingerprint
+  $ unzip -q "$BUNDLE"
+   # the key is the trusted one: prints the fingerprint (no output: NOT the trusted key)
+  $ openssl pkey -pubin -in public_key.pem -outform DER | sha256sum | grep "^$TRUSTED "
+   # manifest.json was signed by that key: prints "Signature Verified Successfully"
+  $ openssl pkeyutl -verify -pubin -inkey public_key.pem -rawin -in manifest.json -sigfile manifest.sig
+   # SHA256SUMS is the list the signed manifest names: prints the manifest's line with its hash
+  $ grep "\\"sha256sums_sha256\\": \\"$(sha256sum SHA256SUMS | cut -c1-64)\\"" manifest.json
+   # every file has the hash listed: prints "all files OK" (otherwise names each FAILED file)
+  $ sha256sum --quiet -c SHA256SUMS && echo "all files OK"
+
+   Standard tools do not recompute the segment chain up to the signed checkpoints; nvr verify-export
+   does (docs/exports/bundle.md describes the chain so it can be recomputed with jq and sha256sum).
+"""
+
+
+@dataclass
+class SegmentInput:
+    path: Path  # the file in the archive
+    row: dict  # integrity.chain.LINKED_FIELDS + prev_link + link + rel_path
+
+
+@dataclass
+class CameraInput:
+    id: str
+    record: dict  # registry record (stream_url is dropped if present)
+    segments: list[SegmentInput]  # in seq order, consecutive
+    bridge: list[dict]  # rows after the last original up to the checkpoint's seq
+    checkpoint_id: int
+    gaps: list[dict]
+
+
+@dataclass
+class BundleInput:
+    export: dict  # the manifest's "export" object; "window" is filled in here
+    database_id: str
+    created_us: int
+    window_start_us: int
+    window_end_us: int
+    cameras: list[CameraInput]
+    checkpoints: list[dict]  # {"id","created_us","key_id","suite","body","signature"}
+    keys: list[dict]  # {"key_id","suite","fingerprint","pem"}: every key that signed an included checkpoint
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    bytes: int
+    sha256: str
+    manifest_sha256: str
+    files: int  # members in the ZIP
+
+
+def original_name(camera_id: str, seq: int) -> str:
+    return f"originals/{camera_id}/{seq:010d}.mp4"
+
+
+def verify_text(key_id: str, fingerprint: str) -> str:
+    return VERIFY_TEMPLATE.format(key_id=key_id, fingerprint=fingerprint)
+
+
+def verify_commands(text: str) -> list[str]:
+    """The shell commands of VERIFY.txt's recipe, in order (lines starting with ``  $ ``)."""
+    return [line[4:] for line in text.splitlines() if line.startswith("  $ ")]
+
+
+def _cancelled_error() -> NvrError:
+    return NvrError(Kind.FAILED_PRECONDITION, "export_cancelled", "the export was cancelled")
+
+
+def _footage(cam: str, row: dict) -> str:
+    return f"camera {cam} seq {row['seq']} (footage {iso(int(row['start_us']))} .. {iso(int(row['end_us']))})"
+
+
+class _Sink:
+    """The bundle file as zipfile sees it: append-only, not seekable, hashing every byte on a worker thread.
+
+    A buffer passed to ``write`` must not change until :meth:`barrier`'s future is done (FIFO worker).
+    """
+
+    def __init__(self, fd: int, pool: ThreadPoolExecutor) -> None:
+        self._fd = fd
+        self._pool = pool
+        self._sha = hashlib.sha256()
+        self._pos = 0
+        self._last: Future[None] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        self._last = self._pool.submit(self._sha.update, view)
+        n, off = len(view), 0
+        while off < n:
+            off += os.write(self._fd, view[off:])
+        self._pos += n
+        return n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, *args: object) -> int:
+        raise OSError("the bundle is written strictly in order")
+
+    def seekable(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def barrier(self) -> Future[None] | None:
+        return self._last
+
+    def hexdigest(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        return self._sha.hexdigest()
+
+
+class _Writer:
+    """One bundle being written: the ZIP, the worker threads, progress and cancellation."""
+
+    def __init__(self, inp: BundleInput, signer: signing.Signer, partial: Path, tmp: Path, progress, cancelled):
+        self.inp = inp
+        self.signer = signer
+        self.partial = partial
+        self.tmp = tmp
+        self._progress = progress
+        self._cancelled = cancelled
+        self.abort = threading.Event()
+        self.done = 0
+        self.total = 0
+        self._last_report = 0.0
+        self.files: list[dict] = []
+        self.members = 0
+        tt = to_datetime(inp.created_us).timetuple()
+        self.date_time = (max(tt.tm_year, 1980), tt.tm_mon, tt.tm_mday, tt.tm_hour, tt.tm_min, tt.tm_sec)
+
+    # -- progress and cancellation --------------------------------------------------------------------------
+    def cancelled(self) -> bool:
+        return self.abort.is_set() or (self._cancelled is not None and bool(self._cancelled()))
+
+    def _tick(self, n: int, force: bool = False) -> None:
+        self.done += n
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_report >= PROGRESS_EVERY_S:
+            self._last_report = now
+            self._progress(self.done, max(self.total, self.done))
+
+    # -- members -----------------------------------------------------------------------------------------------
+    def _zinfo(self, name: str, size: int) -> zipfile.ZipInfo:
+        zi = zipfile.ZipInfo(name, self.date_time)
+        zi.compress_type = zipfile.ZIP_STORED
+        zi.file_size = size  # lets zipfile choose ZIP64 up front for members over 4 GiB
+        zi.external_attr = 0o100644 << 16
+        zi.create_system = 3  # Unix, so the mode above is honoured by unzip
+        return zi
+
+    def add_bytes(self, zf: zipfile.ZipFile, name: str, data: bytes, listed: bool = True) -> None:
+        with zf.open(self._zinfo(name, len(data)), "w") as w:
+            w.write(data)
+        self.members += 1
+        if listed:
+            self.files.append({"path": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+
+    def add_file(
+        self, zf: zipfile.ZipFile, sink: _Sink, pool: ThreadPoolExecutor, name: str, src: Path, size: int
+    ) -> tuple[str, int]:
+        """Copy ``src`` into member ``name``, hashing it on the way (one read); returns (sha256, bytes copied)."""
+        h = hashlib.sha256()
+        bufs = [bytearray(CHUNK), bytearray(CHUNK)]
+        waits: list[tuple[Future[None], Future[None] | None] | None] = [None, None]
+        copied = 0
+        k = 0
+        with open(src, "rb", buffering=0) as f, zf.open(self._zinfo(name, size), "w") as w:
+            try:
+                while True:
+                    pending = waits[k]
+                    if pending is not None:
+                        for fut in pending:
+                            if fut is not None:
+                                fut.result()
+                        waits[k] = None
+                    if self.cancelled():
+                        raise _cancelled_error()
+                    n = f.readinto(bufs[k])
+                    if not n:
+                        break
+                    view = memoryview(bufs[k])[:n]
+                    hashed = pool.submit(h.update, view)
+                    w.write(view)  # CRC-32 here, bundle hash on the sink's worker
+                    waits[k] = (hashed, sink.barrier())
+                    copied += n
+                    self._tick(n)
+                    k ^= 1
+            finally:
+                for pending in waits:  # never leave a worker reading a buffer that is going away
+                    for fut in pending or ():
+                        if fut is not None:
+                            fut.exception()
+        self.members += 1
+        return h.hexdigest(), copied
+
+
+def _check_inputs(inp: BundleInput, signer: signing.Signer) -> tuple[dict[int, dict], dict[str, dict]]:
+    """Everything that can be checked before a byte is written: checkpoints and their keys, chains, files."""
+    if inp.window_end_us <= inp.window_start_us:
+        raise NvrError(Kind.INVALID_ARGUMENT, "bad_window", "the export window's end is not after its start")
+    keys: dict[str, dict] = {}
+    for k in inp.keys:
+        info = signing.public_key_info(k["suite"], k["pem"])
+        if info.fingerprint != k["fingerprint"] or info.key_id != k["key_id"]:
+            raise NvrError(Kind.DATA_LOSS, "signing_key_mismatch", f"key {k['key_id']}: PEM and fingerprint differ")
+        keys[k["key_id"]] = {**k, "pem": info.pem}
+    own = signer.public
+    checkpoints: dict[int, dict] = {}
+    for cp in inp.checkpoints:
+        key = keys.get(cp["key_id"]) or ({"suite": own.suite, "pem": own.pem} if cp["key_id"] == own.key_id else None)
+        if key is None:
+            raise NvrError(
+                Kind.FAILED_PRECONDITION,
+                "checkpoint_key_missing",
+                f"checkpoint {cp['id']} was signed by key {cp['key_id']}, which the export was not given",
+            )
+        if not signing.verify(cp["suite"], key["pem"], cp["body"].encode("ascii"), bytes.fromhex(cp["signature"])):
+            raise NvrError(
+                Kind.DATA_LOSS, "checkpoint_signature_invalid", f"checkpoint {cp['id']}'s signature does not verify"
+            )
+        try:
+            parsed = json.loads(cp["body"])
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise NvrError(Kind.DATA_LOSS, "checkpoint_body_invalid", f"checkpoint {cp['id']}'s body is not JSON")
+        checkpoints[int(cp["id"])] = {**cp, "parsed": parsed}
+    seen: set[str] = set()
+    for cam in inp.cameras:
+        if cam.id in seen:
+            raise NvrError(Kind.INVALID_ARGUMENT, "camera_repeated", f"camera {cam.id} is listed twice")
+        seen.add(cam.id)
+        if not cam.segments:
+            continue
+        cp = checkpoints.get(int(cam.checkpoint_id))
+        if cp is None:
+            raise NvrError(
+                Kind.FAILED_PRECONDITION,
+                "checkpoint_missing",
+                f"camera {cam.id}: checkpoint {cam.checkpoint_id} is not among the bundle's checkpoints",
+            )
+        prev: dict | None = None
+        for row in [s.row for s in cam.segments] + list(cam.bridge):
+            if row["camera_id"] != cam.id or (
+                prev is not None and (row["seq"] != prev["seq"] + 1 or row["prev_link"] != prev["link"])
+            ):
+                raise NvrError(
+                    Kind.DATA_LOSS, "segment_chain_broken", f"{_footage(cam.id, row)} does not follow its predecessor"
+                )
+            if chain.link(row["prev_link"], row) != row["link"]:
+                raise NvrError(
+                    Kind.DATA_LOSS, "segment_chain_broken", f"{_footage(cam.id, row)}: link does not recompute"
+                )
+            prev = row
+        head = cp["parsed"].get("cameras", {}).get(cam.id)
+        if prev is None or head is None or head.get("seq") != prev["seq"] or head.get("link") != prev["link"]:
+            raise NvrError(
+                Kind.DATA_LOSS,
+                "segment_chain_broken",
+                f"camera {cam.id}: the rows do not end at checkpoint {cam.checkpoint_id}'s chain head",
+            )
+        for seg in cam.segments:
+            try:
+                size = seg.path.stat().st_size
+            except FileNotFoundError:
+                raise NvrError(
+                    Kind.DATA_LOSS, "segment_missing", f"{_footage(cam.id, seg.row)}: file {seg.path} is missing"
+                ) from None
+            if size != int(seg.row["bytes"]):
+                raise NvrError(
+                    Kind.DATA_LOSS,
+                    "segment_hash_mismatch",
+                    f"{_footage(cam.id, seg.row)}: the file has {size} bytes, the catalogue records {seg.row['bytes']}",
+                )
+    return checkpoints, keys
+
+
+def _convenience(inp: BundleInput, out_dir: Path, cancelled: Callable[[], bool]) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for cam in inp.cameras:
+        if cancelled():
+            raise _cancelled_error()
+        refs = [
+            SegmentRef(s.path, int(s.row["seq"]), int(s.row["start_us"]), int(s.row["end_us"]), int(s.row["bytes"]))
+            for s in cam.segments
+        ]
+        out[cam.id] = (
+            remux.convenience_mp4(refs, inp.window_start_us, inp.window_end_us, out_dir, cam.id, cancelled)
+            if refs
+            else []
+        )
+    return out
+
+
+def write_bundle(
+    dest: Path,
+    inp: BundleInput,
+    signer: signing.Signer,
+    *,
+    work_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> BundleResult:
+    """Write the signed bundle for ``inp`` at ``dest`` (see the module docstring); all or nothing."""
+    dest = Path(dest)
+    if dest.exists():
+        raise NvrError(Kind.CONFLICT, "export_exists", f"{dest} exists already")
+    checkpoints, keys = _check_inputs(inp, signer)
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bundle-", dir=work_dir))
+    w = _Writer(inp, signer, partial, tmp, progress, cancelled)
+    originals_total = sum(int(s.row["bytes"]) for c in inp.cameras for s in c.segments)
+    w.total = 2 * originals_total  # until the convenience files' sizes are known
+    fd = -1
+    pools = [ThreadPoolExecutor(1, thread_name_prefix=f"bundle-{n}") for n in ("hash", "sink", "remux")]
+    hash_pool, sink_pool, remux_pool = pools
+    remuxed: Future[dict[str, list]] | None = None
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        sink = _Sink(fd, sink_pool)
+        remuxed = remux_pool.submit(_convenience, inp, tmp, w.cancelled)
+        cams: list[dict] = []
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+            for cam in inp.cameras:
+                segs = []
+                for seg in cam.segments:
+                    name = original_name(cam.id, int(seg.row["seq"]))
+                    try:
+                        digest, n = w.add_file(zf, sink, hash_pool, name, seg.path, int(seg.row["bytes"]))
+                    except FileNotFoundError:
+                        what = f"{_footage(cam.id, seg.row)}: file {seg.path} is missing"
+                        raise NvrError(Kind.DATA_LOSS, "segment_missing", what) from None
+                    if digest != seg.row["sha256"] or n != int(seg.row["bytes"]):
+                        raise NvrError(
+                            Kind.DATA_LOSS,
+                            "segment_hash_mismatch",
+                            f"{_footage(cam.id, seg.row)}: the file's SHA-256 {digest} ({n} bytes) does not match "
+                            f"the catalogue's {seg.row['sha256']} ({seg.row['bytes']} bytes); nothing was exported",
+                        )
+                    w.files.append({"path": name, "sha256": digest, "bytes": n})
+                    entry = {f: seg.row[f] for f in chain.LINKED_FIELDS}
+                    entry.update(path=name, prev_link=seg.row["prev_link"], link=seg.row["link"])
+                    entry["rel_path"] = seg.row.get("rel_path")
+                    segs.append(entry)
+                record = {k: v for k, v in cam.record.items() if k != "stream_url"}
+                bridge = [
+                    {**{f: r[f] for f in chain.LINKED_FIELDS}, "prev_link": r["prev_link"], "link": r["link"]}
+                    for r in cam.bridge
+                ]
+                cams.append(
+                    {
+                        "id": cam.id,
+                        "record": record,
+                        "segments": segs,
+                        "bridge": bridge,
+                        "checkpoint_id": cam.checkpoint_id,
+                        "convenience": [],
+                        "gaps": list(cam.gaps),
+                    }
+                )
+            conv = remuxed.result()
+            w.total = originals_total + sum(c.bytes for files in conv.values() for c in files)
+            for entry in cams:
+                for i, c in enumerate(conv.get(entry["id"], [])):
+                    name = f"convenience/{entry['id']}.mp4" if i == 0 else f"convenience/{entry['id']}-part{i + 1}.mp4"
+                    digest, n = w.add_file(zf, sink, hash_pool, name, c.path, c.bytes)
+                    if digest != c.sha256 or n != c.bytes:
+                        raise NvrError(
+                            Kind.DATA_LOSS, "convenience_changed", f"{name} changed between the remux and the copy"
+                        )
+                    w.files.append({"path": name, "sha256": digest, "bytes": n})
+                    entry["convenience"].append(
+                        {"path": name, "sha256": digest, "bytes": n, "first_us": c.first_us, "end_us": c.end_us}
+                    )
+                    c.path.unlink(missing_ok=True)
+            own = signer.public
+            key_entries = []
+            for key_id in sorted(keys):
+                k = keys[key_id]
+                path = f"keys/{key_id}.pem"
+                w.add_bytes(zf, path, k["pem"].encode("ascii"))
+                key_entries.append(
+                    {"key_id": key_id, "suite": k["suite"], "fingerprint": k["fingerprint"], "path": path}
+                )
+            w.add_bytes(zf, PUBLIC_KEY, own.pem.encode("ascii"))
+            w.add_bytes(zf, FINGERPRINT, f"{own.fingerprint}\n".encode("ascii"))
+            w.add_bytes(zf, VERIFY, verify_text(own.key_id, own.fingerprint).encode("utf-8"))
+            w.files.sort(key=lambda f: f["path"])
+            sums = "".join(f"{f['sha256']}  {f['path']}\n" for f in w.files).encode("utf-8")
+            w.add_bytes(zf, SUMS, sums, listed=False)
+            manifest = _manifest(inp, signer, cams, checkpoints, key_entries, w.files, hashlib.sha256(sums).hexdigest())
+            body = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+            w.add_bytes(zf, MANIFEST, body, listed=False)
+            w.add_bytes(zf, SIGNATURE, signer.sign(body), listed=False)
+            zf.comment = b"NVR export bundle: see VERIFY.txt"
+        bundle_sha = sink.hexdigest()
+        size = sink.tell()
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        rename_noreplace(partial, dest)
+        fsync_dir(dest.parent)
+        w._tick(0, force=True)
+        return BundleResult(dest, size, bundle_sha, hashlib.sha256(body).hexdigest(), w.members)
+    except NvrError:
+        w.abort.set()
+        raise
+    except OSError as exc:
+        w.abort.set()
+        raise NvrError(Kind.UNAVAILABLE, "export_write_failed", f"the bundle could not be written: {exc}") from None
+    except BaseException:
+        w.abort.set()
+        raise
+    finally:
+        if remuxed is not None:
+            with contextlib.suppress(BaseException):
+                remuxed.result()
+        for pool in pools:
+            pool.shutdown(wait=True)
+        if fd >= 0:
+            os.close(fd)
+        partial.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _manifest(
+    inp: BundleInput,
+    signer: signing.Signer,
+    cams: list[dict],
+    checkpoints: dict[int, dict],
+    key_entries: list[dict],
+    files: list[dict],
+    sums_sha: str,
+) -> dict:
+    export = {k: None for k in EXPORT_KEYS}
+    export.update(inp.export)
+    export["window"] = {
+        "start": iso(inp.window_start_us),
+        "end": iso(inp.window_end_us),
+        "start_us": inp.window_start_us,
+        "end_us": inp.window_end_us,
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": iso(inp.created_us),
+        "created_us": inp.created_us,
+        "export": export,
+        "crypto": {
+            "suite": signer.suite,
+            "key_id": signer.key_id,
+            "fingerprint": signer.public.fingerprint,
+            "hash": "sha256",
+        },
+        "database_id": inp.database_id,
+        "cameras": cams,
+        "checkpoints": [
+            {k: cp[k] for k in ("id", "created_us", "key_id", "suite", "body", "signature")}
+            for _, cp in sorted(checkpoints.items())
+        ],
+        "keys": key_entries,
+        "files": files,
+        "sha256sums_sha256": sums_sha,
+    }
+
+
+__all__ = [
+    "BundleInput",
+    "BundleResult",
+    "CameraInput",
+    "SegmentInput",
+    "verify_commands",
+    "verify_text",
+    "write_bundle",
+]
