@@ -8,7 +8,9 @@ denial stores nothing but the record that it happened.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +38,7 @@ STATUS = {
     Kind.DATA_LOSS: 500,
     Kind.UNAUTHENTICATED: 401,
     Kind.RESOURCE_EXHAUSTED: 429,
+    Kind.GONE: 410,
 }
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
 
@@ -128,9 +131,37 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Export bundles are made by a background thread of the API process (api.export_jobs)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from api.export_jobs import ExportRunner
+
+    runner = ExportRunner(app.state.services)
+    runner.start()
+    app.state.export_runner = runner
+    try:
+        yield
+    finally:
+        await run_in_threadpool(runner.stop)
+
+
 def create_app(services: Services) -> FastAPI:
     from api.routes import audit as audit_routes
-    from api.routes import auth, cameras, capacity, footage, grants, holds, policies, requests, system, users
+    from api.routes import (
+        auth,
+        cameras,
+        capacity,
+        exports,
+        footage,
+        grants,
+        holds,
+        policies,
+        requests,
+        system,
+        users,
+    )
 
     app = FastAPI(
         title="NVR archive API",
@@ -141,10 +172,13 @@ def create_app(services: Services) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         responses=ERROR_RESPONSES,
+        lifespan=_lifespan,
     )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
     for module in (auth, users, cameras, grants, requests, footage, audit_routes, policies, holds, capacity, system):
+        app.include_router(module.router, prefix=PREFIX)
+    for module in (exports,):
         app.include_router(module.router, prefix=PREFIX)
 
     @app.middleware("http")

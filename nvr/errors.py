@@ -14,7 +14,8 @@ Kinds (after gRPC's canonical codes, as Moonfire does):
 - ``UNAVAILABLE``: a resource is absent or full (a volume without its identity, a full disk).
 - ``DATA_LOSS``: stored data does not match what was recorded about it.
 - ``UNAUTHENTICATED``: no valid credential came with the request (missing, forged, expired, revoked).
-- ``RESOURCE_EXHAUSTED``: a quota is used up (a grant's concurrent streams).
+- ``RESOURCE_EXHAUSTED``: a quota is used up (a grant's concurrent streams, a bundle's downloads).
+- ``GONE``: it existed and has been removed for good (an export bundle past its lifetime).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Kind(enum.Enum):
     DATA_LOSS = "data_loss"
     UNAUTHENTICATED = "unauthenticated"
     RESOURCE_EXHAUSTED = "resource_exhausted"
+    GONE = "gone"
 
 
 class NvrError(Exception):

@@ -27,6 +27,11 @@ class Api:
     scratch: Path
     tokens: dict[str, str] = field(default_factory=dict)
     ids: dict[str, int] = field(default_factory=dict)
+    apps: list[Any] = field(default_factory=list)
+
+    def app_state(self) -> Any:
+        """The running app's state (``export_runner``…), for tests that must hold a background part still."""
+        return self.apps[0].state
 
     def client(self, who: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
@@ -72,6 +77,7 @@ def api(settings_factory, tmp_path: Path) -> Iterator[Api]:
     rt.init_default_volume()
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    with running_api(rt, clock) as url:
-        yield Api(rt, clock, url, scratch)
+    apps: list[Any] = []
+    with running_api(rt, clock, apps) as url:
+        yield Api(rt, clock, url, scratch, apps=apps)
     rt.db.dispose()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import uvicorn
 from argon2 import PasswordHasher
+from fastapi import FastAPI
 
 from api import people
 from api.app import create_app
@@ -38,10 +39,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_api(rt: Runtime, clock: Clock) -> Iterator[str]:
-    """Serve the API over ``rt`` until the block ends; yields its base URL."""
+def running_api(rt: Runtime, clock: Clock, apps: list[FastAPI] | None = None) -> Iterator[str]:
+    """Serve the API over ``rt`` until the block ends; yields its base URL (and appends the app to ``apps``)."""
     port = free_port()
     app = create_app(Services(rt.settings, rt.db, clock))
+    if apps is not None:
+        apps.append(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

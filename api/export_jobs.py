@@ -1,0 +1,511 @@
+"""Export jobs: making the bundle of an approved request in the background, and retiring bundles that expired.
+
+One :class:`ExportRunner` thread per API process claims queued jobs from the database (``queued`` → ``running`` by a
+conditional UPDATE, so two processes never run the same job), and for each:
+
+1. re-checks the request (approved, not expired; on the grant route the grant must still be in force);
+2. pins the window's segments of every camera (``read_pins`` rows, heartbeat refreshed while it runs), so
+   retention cannot delete them meanwhile;
+3. picks, per camera, the earliest signed checkpoint made after the last original was finished (or signs a new
+   one when none is that recent yet), pins the rows between the window and that checkpoint too (the *bridge* the
+   offline verifier walks from the originals to the checkpoint), and refuses if any of them is gone;
+4. hands everything to :func:`storage.bundle.write_bundle`, which copies the originals while re-hashing them
+   (a segment whose hash no longer matches stops the export and is named: fail closed), remuxes the convenience
+   MP4, signs the manifest and renames the finished ZIP into ``<data_dir>/exports``; nothing partial stays;
+5. records the outcome (one ``export.job.done`` event per camera, with the bytes copied; or ``export.job.failed`` /
+   ``export.job.cancelled``) and removes its pins.
+
+Progress (bytes done of bytes total) is written to the job row about once a second; a cancel request is noticed
+within a second. A ``running`` job whose heartbeat is older than :data:`STALE_US` belonged to a process that died: it
+is marked failed (``export_interrupted``) and its partial files are removed. Bundles past their lifetime are
+deleted (``export.bundle.delete``) and their job becomes ``deleted``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from api import audit, exports
+from api.context import Services
+from api.footage import TOUCH_US
+from api.people import Principal, user_actor
+from api.roles import parse_roles
+from integrity import chain, checkpoints, keys
+from nvr import registry
+from nvr.clock import iso
+from nvr.errors import Kind, NvrError
+from nvr.models import Checkpoint, ExportJob, ExportRequest, ReadPin, Segment, SigningKey, User, Volume
+from storage import pins
+
+log = logging.getLogger(__name__)
+STALE_US = 120_000_000
+POLL_SECONDS = 2.0
+PROGRESS_EVERY_S = 1.0
+_ROW_FIELDS = (*chain.LINKED_FIELDS, "prev_link", "link")
+
+
+def bundle_path(services: Services, job: ExportJob) -> Path | None:
+    return None if job.bundle_name is None else services.settings.exports_dir / job.bundle_name
+
+
+class ExportRunner:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.services.settings.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._thread = threading.Thread(target=self._loop, name="export-runner", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.run_once():
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                log.exception("export runner pass failed; retrying")
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+
+    def run_once(self) -> bool:
+        """Housekeeping, then at most one queued job; True when a job was run."""
+        self.expire_bundles()
+        self.fail_stale()
+        job_id = self._claim()
+        if job_id is None:
+            return False
+        self.run_job(job_id)
+        return True
+
+    # --- claiming and housekeeping --------------------------------------------------------------------------
+    def _claim(self) -> int | None:
+        svc = self.services
+        now = svc.clock.now_us()
+        with svc.db.session() as s:
+            candidate = s.scalar(
+                select(ExportJob.id).where(ExportJob.state == "queued").order_by(ExportJob.id).limit(1)
+            )
+            if candidate is None:
+                return None
+            claimed = s.execute(
+                update(ExportJob)
+                .where(ExportJob.id == candidate, ExportJob.state == "queued")
+                .values(state="running", started_us=now, heartbeat_us=now)
+            ).rowcount
+        return int(candidate) if claimed == 1 else None
+
+    def fail_stale(self) -> None:
+        svc = self.services
+        now = svc.clock.now_us()
+        with svc.db.session() as s:
+            stale = list(
+                s.scalars(
+                    select(ExportJob).where(ExportJob.state == "running", ExportJob.heartbeat_us < now - STALE_US)
+                )
+            )
+            for job in stale:
+                self._cleanup_files(job.id)
+                _unpin_job(s, job.id)
+                self._finish(
+                    s, job, "failed", "export_interrupted", "the process making the bundle stopped before it finished"
+                )
+
+    def expire_bundles(self) -> None:
+        svc = self.services
+        now = svc.clock.now_us()
+        with svc.db.session() as s:
+            due = list(s.scalars(select(ExportJob).where(ExportJob.state == "done", ExportJob.expires_us <= now)))
+            for job in due:
+                path = bundle_path(svc, job)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+                job.state, job.deleted_us = "deleted", now
+                r = s.get(ExportRequest, job.request_id)
+                assert r is not None
+                audit.record(
+                    s,
+                    now,
+                    audit.SYSTEM,
+                    audit.INTERNAL,
+                    audit.Event(
+                        "export.bundle.delete",
+                        "ok",
+                        object_id=f"export:{r.id}",
+                        case_ref=r.case_ref,
+                        reason=f"job {job.id}: bundle lifetime ended ({job.downloads} download(s))",
+                    ),
+                )
+
+    def _cleanup_files(self, job_id: int) -> None:
+        d = self.services.settings.exports_dir
+        shutil.rmtree(d / f"work-{job_id}", ignore_errors=True)
+        for p in d.glob(f"export-*-{job_id}.zip.partial"):
+            p.unlink(missing_ok=True)
+
+    # --- one job --------------------------------------------------------------------------------------------
+    def run_job(self, job_id: int) -> None:
+        svc = self.services
+        progress = _Progress(svc, job_id)
+        try:
+            result, per_camera = self._make_bundle(job_id, progress)
+        except NvrError as exc:
+            self._cleanup_files(job_id)
+            with svc.db.session() as s:
+                _unpin_job(s, job_id)
+                job = s.get(ExportJob, job_id)
+                assert job is not None
+                state = "cancelled" if exc.code == "export_cancelled" else "failed"
+                self._finish(s, job, state, exc.code, exc.message)
+            return
+        except Exception as exc:
+            log.exception("export job %d failed", job_id)
+            self._cleanup_files(job_id)
+            with svc.db.session() as s:
+                _unpin_job(s, job_id)
+                job = s.get(ExportJob, job_id)
+                assert job is not None
+                self._finish(s, job, "failed", "export_failed", f"the export failed: {exc.__class__.__name__}")
+            return
+        now = svc.clock.now_us()
+        with svc.db.session() as s:
+            _unpin_job(s, job_id)
+            job = s.get(ExportJob, job_id)
+            assert job is not None
+            r = s.get(ExportRequest, job.request_id)
+            assert r is not None
+            job.state, job.finished_us = "done", now
+            job.bundle_name, job.bundle_bytes = result.path.name, result.bytes
+            job.bundle_sha256, job.manifest_sha256 = result.sha256, result.manifest_sha256
+            job.bytes_total = job.bytes_done = max(progress.total, job.bytes_total)
+            job.expires_us = now + svc.settings.export_bundle_days * exports.US_PER_DAY
+            starter = s.get(User, job.started_by)
+            assert starter is not None
+            for camera_id, (count, nbytes) in sorted(per_camera.items()):
+                audit.record(
+                    s,
+                    now,
+                    user_actor(starter),
+                    audit.INTERNAL,
+                    audit.Event(
+                        "export.job.done",
+                        "ok",
+                        camera_id=camera_id,
+                        window_start_us=r.window_start_us,
+                        window_end_us=r.window_end_us,
+                        object_id=f"export:{r.id}",
+                        purpose=r.purpose,
+                        case_ref=r.case_ref,
+                        destination=r.destination,
+                        reason=f"job {job.id}: {count} original segment(s); bundle sha256 {result.sha256}; "
+                        f"manifest sha256 {result.manifest_sha256}; key {job.key_id}",
+                        bytes=nbytes,
+                    ),
+                )
+
+    def _finish(self, s: Session, job: ExportJob, state: str, code: str, message: str) -> None:
+        now = self.services.clock.now_us()
+        job.state, job.finished_us, job.error_code, job.error_message = state, now, code, message
+        r = s.get(ExportRequest, job.request_id)
+        starter = s.get(User, job.started_by)
+        assert r is not None and starter is not None
+        audit.record(
+            s,
+            now,
+            user_actor(starter),
+            audit.INTERNAL,
+            audit.Event(
+                f"export.job.{'cancelled' if state == 'cancelled' else 'failed'}",
+                "failed" if state == "failed" else "ok",
+                window_start_us=r.window_start_us,
+                window_end_us=r.window_end_us,
+                object_id=f"export:{r.id}",
+                purpose=r.purpose,
+                case_ref=r.case_ref,
+                reason=f"job {job.id}: {code}: {message}",
+            ),
+        )
+
+    def _make_bundle(self, job_id: int, progress: _Progress) -> tuple[Any, dict[str, tuple[int, int]]]:
+        from storage.bundle import BundleInput, CameraInput, SegmentInput, write_bundle
+
+        svc = self.services
+        settings = svc.settings
+        now = svc.clock.now_us()
+        with svc.db.session() as s:
+            job = s.get(ExportJob, job_id)
+            assert job is not None
+            r = s.get(ExportRequest, job.request_id)
+            assert r is not None
+            if exports.effective_state(r, now) != "approved":
+                raise NvrError(
+                    Kind.FAILED_PRECONDITION,
+                    "export_state_invalid",
+                    f"request {r.id} is {exports.effective_state(r, now)}",
+                )
+            requester = s.get(User, r.requester_id)
+            assert requester is not None
+            exports.check_still_covered(s, r, _principal(requester), now)
+            for camera_id in exports.cameras_of(r):
+                s.add(_pin(job, requester.id, camera_id, r.window_start_us, r.window_end_us, now))
+        # The pins are committed: from here on the sweeper leaves the window's segments alone.
+        with svc.db.session() as s:
+            keys.ensure_key(s, settings.keys_dir, svc.clock.now_us())  # the first export of a fresh install
+        with svc.db.session() as s:
+            job = s.get(ExportJob, job_id)
+            r = s.get(ExportRequest, job.request_id) if job is not None else None
+            assert job is not None and r is not None
+            signer = keys.active_signer(s, settings.keys_dir)
+            job.key_id = signer.key_id
+            database_id = _database_id(s)
+            originals = {c: _rows(s, c, r.window_start_us, r.window_end_us) for c in exports.cameras_of(r)}
+            originals = {c: rows for c, rows in originals.items() if rows}
+            if not originals:
+                raise NvrError(Kind.NOT_FOUND, "no_footage", "no footage is left in the window (was it deleted?)")
+            chosen: dict[str, Checkpoint] = {}
+            for c, rows in originals.items():
+                cp = checkpoints.covering(s, c, int(rows[-1]["seq"]))
+                if cp is None:
+                    cp = checkpoints.make_checkpoint(s, signer, svc.clock.now_us(), database_id)
+                chosen[c] = cp
+                s.add(_pin(job, job.started_by, c, r.window_end_us, max(cp.created_us, r.window_end_us + 1), now))
+        with svc.db.session() as s:
+            job = s.get(ExportJob, job_id)
+            r = s.get(ExportRequest, job.request_id) if job is not None else None
+            assert job is not None and r is not None
+            cameras = []
+            per_camera: dict[str, tuple[int, int]] = {}
+            key_ids = {cp.key_id for cp in chosen.values()}
+            for c, rows in originals.items():
+                cp = chosen[c]
+                head = checkpoints.parse_body(cp.body)["cameras"][c]
+                bridge = _bridge(s, c, int(rows[-1]["seq"]), int(head["seq"]))
+                cam = registry.get(s, c)
+                record = {k: v for k, v in registry.public_view(cam).items() if k != "stream_url"}
+                cameras.append(
+                    CameraInput(
+                        id=c,
+                        record=record,
+                        segments=[SegmentInput(path=row.pop("_path"), row=row) for row in rows],
+                        bridge=bridge,
+                        checkpoint_id=cp.id,
+                        gaps=_gaps(rows, r.window_start_us, r.window_end_us),
+                    )
+                )
+                per_camera[c] = (len(rows), sum(int(x["bytes"]) for x in rows))
+            key_rows = list(s.scalars(select(SigningKey).where(SigningKey.key_id.in_(key_ids))))
+            inp = BundleInput(
+                export=_export_section(s, r, job),
+                database_id=database_id,
+                created_us=now,
+                window_start_us=r.window_start_us,
+                window_end_us=r.window_end_us,
+                cameras=cameras,
+                checkpoints=[
+                    {
+                        "id": cp.id,
+                        "created_us": cp.created_us,
+                        "key_id": cp.key_id,
+                        "suite": cp.suite,
+                        "body": cp.body,
+                        "signature": cp.signature,
+                    }
+                    for cp in sorted({cp.id: cp for cp in chosen.values()}.values(), key=lambda x: x.id)
+                ],
+                keys=[
+                    {"key_id": k.key_id, "suite": k.suite, "fingerprint": k.fingerprint, "pem": k.public_key_pem}
+                    for k in key_rows
+                ],
+            )
+            dest = settings.exports_dir / f"export-{r.id}-{job.id}.zip"
+        work = settings.exports_dir / f"work-{job_id}"
+        work.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            result = write_bundle(
+                dest, inp, signer, work_dir=work, progress=progress.update, cancelled=progress.cancelled
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return result, per_camera
+
+
+class _Progress:
+    """Writes progress to the job row, refreshes the job's pins and notices cancel requests, about once a second."""
+
+    def __init__(self, services: Services, job_id: int) -> None:
+        self.services = services
+        self.job_id = job_id
+        self._last = 0.0
+        self._cancel = False
+        self._done = self.total = 0
+
+    def update(self, done: int, total: int) -> None:
+        self._done, self.total = done, total
+        self._tick()
+
+    def cancelled(self) -> bool:
+        self._tick()
+        return self._cancel
+
+    def _tick(self) -> None:
+        mono = time.monotonic()
+        if mono - self._last < PROGRESS_EVERY_S:
+            return
+        self._last = mono
+        now = self.services.clock.now_us()
+        with self.services.db.session() as s:
+            s.execute(
+                update(ExportJob)
+                .where(ExportJob.id == self.job_id)
+                .values(bytes_done=self._done, bytes_total=self.total, heartbeat_us=now)
+            )
+            s.execute(update(ReadPin).where(ReadPin.request_id == _pin_name(self.job_id)).values(heartbeat_us=now))
+            self._cancel = bool(s.scalar(select(ExportJob.cancel_requested).where(ExportJob.id == self.job_id)))
+
+
+def _pin_name(job_id: int) -> str:
+    return f"export-{job_id}"
+
+
+def _pin(job: ExportJob, user_id: int, camera_id: str, start_us: int, end_us: int, now: int) -> ReadPin:
+    return ReadPin(
+        grant_id=None,
+        user_id=user_id,
+        token_id=None,
+        camera_id=camera_id,
+        start_us=start_us,
+        end_us=end_us,
+        started_us=now,
+        heartbeat_us=now,
+        request_id=_pin_name(job.id),
+    )
+
+
+def _unpin_job(s: Session, job_id: int) -> None:
+    for pin_id in s.scalars(select(ReadPin.id).where(ReadPin.request_id == _pin_name(job_id))):
+        pins.unpin(s, pin_id)
+
+
+def _principal(u: User) -> Principal:
+    return Principal(u.id, u.username, u.full_name, u.unit, parse_roles(u.roles), token_id=0, token_kind="job")  # noqa: S106
+
+
+def _database_id(s: Session) -> str:
+    from nvr.models import Meta
+
+    value = s.scalar(select(Meta.value).where(Meta.key == "database_id"))
+    return str(value or "")
+
+
+def _rows(s: Session, camera_id: str, start_us: int, end_us: int) -> list[dict[str, Any]]:
+    """The segments overlapping the window, oldest first, with every field the manifest and the verifier need."""
+    cols = [getattr(Segment, f) for f in _ROW_FIELDS]
+    q = (
+        select(*cols, Segment.rel_path, Volume.path)
+        .join(Volume, Volume.id == Segment.volume_id)
+        .where(
+            Segment.camera_id == camera_id,
+            Segment.start_us < end_us,
+            Segment.end_us > start_us,
+            Segment.sweep_batch_id.is_(None),
+        )
+        .order_by(Segment.seq)
+    )
+    out = []
+    for row in s.execute(q):
+        d = dict(zip(_ROW_FIELDS, row[: len(_ROW_FIELDS)], strict=True))
+        d["rel_path"] = row[-2]
+        d["_path"] = Path(row[-1]) / row[-2]
+        out.append(d)
+    return out
+
+
+def _bridge(s: Session, camera_id: str, after_seq: int, to_seq: int) -> list[dict[str, Any]]:
+    """Rows after the last original up to the checkpoint's seq; all must be there, or the chain cannot be shown."""
+    if to_seq <= after_seq:
+        return []
+    cols = [getattr(Segment, f) for f in _ROW_FIELDS]
+    rows = [
+        dict(zip(_ROW_FIELDS, r, strict=True))
+        for r in s.execute(
+            select(*cols)
+            .where(Segment.camera_id == camera_id, Segment.seq > after_seq, Segment.seq <= to_seq)
+            .order_by(Segment.seq)
+        )
+    ]
+    if len(rows) != to_seq - after_seq:
+        raise NvrError(
+            Kind.FAILED_PRECONDITION,
+            "checkpoint_unavailable",
+            f"camera {camera_id}: segments between the window and the nearest signed checkpoint (seq {to_seq}) were "
+            "deleted, so the bundle could not prove its chain; place an evidence hold earlier next time",
+        )
+    return rows
+
+
+def _gaps(rows: list[dict[str, Any]], start_us: int, end_us: int) -> list[dict[str, int]]:
+    gaps = []
+    cursor = start_us
+    for row in rows:
+        if int(row["start_us"]) - cursor > TOUCH_US:
+            gaps.append({"start_us": cursor, "end_us": int(row["start_us"])})
+        cursor = max(cursor, int(row["end_us"]))
+    if end_us - cursor > TOUCH_US:
+        gaps.append({"start_us": cursor, "end_us": end_us})
+    return gaps
+
+
+def _export_section(s: Session, r: ExportRequest, job: ExportJob) -> dict[str, Any]:
+    approvers = []
+    for d in exports.decisions(s, r):
+        p = exports.person(s, d.approver_id) or {}
+        approvers.append({**p, "unit_approved": d.unit, "decided": iso(d.decided_us), "reason": d.reason})
+    if r.route == "grant" and r.grant_id is not None:
+        from nvr.models import Grant
+
+        g = s.get(Grant, r.grant_id)
+        if g is not None:
+            p = exports.person(s, g.granted_by) or {}
+            approvers.append(
+                {**p, "unit_approved": None, "decided": iso(g.created_us), "reason": f"issued export grant {g.id}"}
+            )
+    return {
+        "request_id": r.id,
+        "job_id": job.id,
+        "window": {
+            "start": iso(r.window_start_us),
+            "end": iso(r.window_end_us),
+            "start_us": r.window_start_us,
+            "end_us": r.window_end_us,
+        },
+        "purpose": r.purpose,
+        "case_ref": r.case_ref,
+        "legal_basis": r.legal_basis,
+        "recipient": r.recipient,
+        "destination": r.destination,
+        "route": r.route,
+        "grant_id": r.grant_id,
+        "requester": exports.person(s, r.requester_id),
+        "cosigner": exports.person(s, r.cosigner_id),
+        "approvers": approvers,
+    }
