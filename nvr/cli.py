@@ -80,14 +80,13 @@ def main() -> None:
         sys.exit(2 if exc.kind in (Kind.INVALID_ARGUMENT, Kind.NOT_FOUND, Kind.CONFLICT) else 1)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors (typer >= 0.29 raises those of its own copy of click)
+        code = getattr(exc, "exit_code", None)
+        if isinstance(code, int) and callable(getattr(exc, "show", None)):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(code)
+        if isinstance(code, int) and type(exc).__name__ == "Exit":
+            sys.exit(code)
         raise
 
 

@@ -18,3 +18,9 @@ def test_health_exits_non_zero_when_an_active_camera_has_no_recorder(nvr_env) ->
     assert _nvr(nvr_env, "camera", "activate", "gate").returncode == 0
     sick = _nvr(nvr_env, "health")
     assert sick.returncode == 1 and "recorder offline for gate" in sick.stderr
+
+
+def test_a_misspelt_option_is_a_usage_error_not_a_traceback(nvr_env) -> None:
+    out = _nvr(nvr_env, "status", "--bogus")
+    assert out.returncode == 2
+    assert "No such option: --bogus" in out.stderr and "Traceback" not in out.stderr
