@@ -432,3 +432,13 @@ def test_progress_reaches_the_total(archive: Runtime, tmp_path: Path) -> None:
     write_bundle(tmp_path / "p.zip", inp, signer, work_dir=tmp_path / "w", progress=lambda d, t: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1] > 0
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_removed_original_is_named(made: Made, tmp_path: Path) -> None:
+    """The bundle-side counterpart of a deleted segment file. (A swapped one reads as different bytes: the
+    flipped-byte case; this fixture's segments are copies of one clip, so swapping two would change nothing.)"""
+    gone = "originals/cam-a/0000000002.mp4"
+    bad = _rewrite(made.path, tmp_path / "gone.zip", {gone: None})
+    assert gone in _failed(verify_bundle(bad, made.fingerprint))["original hashes"]
+    r = _nvr(str(bad), "--trusted-key", made.fingerprint, home=tmp_path / "h")
+    assert r.returncode == 1 and r.stdout.splitlines()[0] == "invalid" and gone in r.stdout
