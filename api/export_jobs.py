@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from api.people import Principal, user_actor
 from api.roles import parse_roles
 from integrity import chain, checkpoints, keys
 from nvr import registry
+from nvr.background import BackgroundLoop
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import Checkpoint, ExportJob, ExportRequest, ReadPin, Segment, SigningKey, User, Volume
@@ -56,37 +56,22 @@ def bundle_path(services: Services, job: ExportJob) -> Path | None:
     return None if job.bundle_name is None else services.settings.exports_dir / job.bundle_name
 
 
-class ExportRunner:
+class ExportRunner(BackgroundLoop):
+    """Runs queued export jobs one at a time in a daemon thread; :meth:`wake` when one was queued."""
+
+    thread_name = "export-runner"
+    retry_seconds = POLL_SECONDS
+
     def __init__(self, services: Services) -> None:
+        super().__init__()
         self.services = services
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         self.services.settings.exports_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._thread = threading.Thread(target=self._loop, name="export-runner", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                while self.run_once():
-                    if self._stop.is_set():
-                        return
-            except Exception:
-                log.exception("export runner pass failed; retrying")
-            self._wake.wait(POLL_SECONDS)
-            self._wake.clear()
+    def step(self) -> float:
+        return 0.0 if self.run_once() and not self.stopping else POLL_SECONDS
 
     def run_once(self) -> bool:
         """Housekeeping, then at most one queued job; True when a job was run."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from integrity import keys, signing
 from integrity.chain import canonical_json
+from nvr.background import BackgroundLoop
 from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
@@ -198,82 +198,59 @@ def _first_at_or_after(session: Session, t: int) -> Checkpoint | None:
 
 
 # --- the schedule -----------------------------------------------------------------------------------------------
-class CheckpointScheduler:
+class CheckpointScheduler(BackgroundLoop):
     """Writes a checkpoint at start and then every ``checkpoint_interval_minutes`` by ``clock``, in a daemon
     thread; :meth:`wake` makes it look at the clock now, :meth:`request` makes it write one now. A failing run
     (no database, a lost key file) is logged, kept in :attr:`last_error`, and retried; the thread never dies."""
 
+    thread_name = "checkpoints"
+
     def __init__(
         self, db: Database, settings: Settings, clock: Clock, keys_dir: Path, *, poll_seconds: float = POLL_SECONDS
     ) -> None:
+        super().__init__()
         self.db, self.settings, self.clock, self.keys_dir = db, settings, clock, keys_dir
         self.poll_seconds = poll_seconds
         self.written = 0
         """Checkpoints this scheduler wrote."""
-        self.passes = 0
-        """Times it looked at the clock (written or not)."""
         self.last_checkpoint_id: int | None = None
         self.last_error: str | None = None
         self._forced = True  # the first pass writes one
+        self._started_up = False
         self._last_mono: int | None = None
         self._left_us = 0
         self._database_id: str | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._done = threading.Condition()
-        self._thread: threading.Thread | None = None
 
     @property
     def interval_us(self) -> int:
         return int(self.settings.checkpoint_interval_minutes * 60_000_000)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="checkpoints", daemon=True)
-        self._thread.start()
+        super().start()
         log.info("checkpoint scheduler started: every %g min", self.settings.checkpoint_interval_minutes)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def request(self) -> None:
         """Write a checkpoint now, whatever the schedule says."""
         self._forced = True
         self._wake.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def step(self) -> float:
+        if not self._started_up:
+            self._start_up()
+            self._started_up = True
+        wait = min(self.poll_seconds, self._pass())
+        self.last_error = None
+        return max(wait, 0.01)
 
-    def wait_passes(self, n: int, timeout: float) -> bool:
-        """Block until at least ``n`` passes have finished."""
-        with self._done:
-            return self._done.wait_for(lambda: self.passes >= n, timeout)
-
-    def _loop(self) -> None:
-        first = True
-        while not self._stop.is_set():
-            self._wake.clear()
-            wait = self.poll_seconds
-            try:
-                if first:
-                    self._start_up()
-                    first = False
-                wait = min(wait, self._pass())
-                self.last_error = None
-            except Exception as exc:
-                message = str(exc)
-                if message != self.last_error:  # once per distinct problem, not every poll
-                    if isinstance(exc, NvrError):
-                        log.error("cannot write a signed checkpoint: %s", message)
-                    else:
-                        log.exception("cannot write a signed checkpoint")
-                self.last_error = message
-            with self._done:
-                self.passes += 1
-                self._done.notify_all()
-            self._wake.wait(max(wait, 0.01))
+    def failed(self, exc: Exception) -> float:
+        message = str(exc)
+        if message != self.last_error:  # once per distinct problem, not every poll
+            if isinstance(exc, NvrError):
+                log.error("cannot write a signed checkpoint: %s", message)
+            else:
+                log.exception("cannot write a signed checkpoint")
+        self.last_error = message
+        return self.poll_seconds
 
     def _start_up(self) -> None:
         self._database_id = self.db.database_id()

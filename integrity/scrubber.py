@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from integrity.verify_archive import (
     open_finding,
     still_current,
 )
+from nvr.background import BackgroundLoop
 from nvr.clock import Clock, iso
 from nvr.config import Settings
 from nvr.db import Database
@@ -117,9 +117,12 @@ class PassCounts:
     resolved: int = 0
 
 
-class Scrubber:
-    """Runs scrub passes in a daemon thread (like retention.sweeper.SweepScheduler): :meth:`start`, :meth:`stop`,
-    :meth:`wake` (start a pass now if one is due). A failing step is logged and the scrubber goes on."""
+class Scrubber(BackgroundLoop):
+    """Runs scrub passes in a daemon thread: :meth:`start`, :meth:`stop` (after the segment being hashed; the cursor
+    is kept and the next start continues there), :meth:`wake` (start a pass now if one is due). A failing step is
+    logged and the scrubber goes on."""
+
+    thread_name = "integrity-scrubber"
 
     def __init__(
         self,
@@ -130,53 +133,24 @@ class Scrubber:
         sleep: Callable[[float], None] | None = None,
         chunk: int = CHUNK,
     ) -> None:
+        super().__init__()
         self.db, self.settings, self.clock = db, settings, clock
-        self._stop = threading.Event()
-        self._wake = threading.Event()
         self._sleep = sleep or (lambda seconds: self._stop.wait(seconds) and None)
         self._buf = bytearray(chunk)
-        self._thread: threading.Thread | None = None
-        self.passes = 0
-        self._done = threading.Condition()
 
-    # -- the thread --
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="integrity-scrubber", daemon=True)
-        self._thread.start()
+        super().start()
         rate = self.settings.scrub_read_mb_per_second
         log.info("integrity scrubber %s", f"started: {rate:g} MB/s" if rate > 0 else "off (rate 0)")
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the segment being hashed (the cursor is kept; the next start continues there)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wait_passes(self, n: int, timeout: float) -> bool:
-        with self._done:
-            return self._done.wait_for(lambda: self.passes >= n, timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            wait = 300.0
-            try:
-                if self.settings.scrub_read_mb_per_second > 0:
-                    due = self.due_in_seconds()
-                    if due <= 0:
-                        self.run_pass()
-                        continue
-                    wait = min(wait, due)
-                else:
-                    wait = 3600.0
-            except Exception:
-                log.exception("integrity scrub failed; retrying in 60 s")
-                wait = 60.0
-            self._wake.wait(wait)
+    def step(self) -> float:
+        if self.settings.scrub_read_mb_per_second <= 0:
+            return 3600.0
+        due = self.due_in_seconds()
+        if due <= 0:
+            self.run_pass()
+            return 0.0
+        return min(300.0, due)
 
     def due_in_seconds(self) -> float:
         """0 when a pass is in progress or the last one started at least the pass interval ago."""
@@ -303,9 +277,6 @@ class Scrubber:
                 ),
             )
         log.info("integrity scrub pass done: %s", counts)
-        with self._done:
-            self.passes += 1
-            self._done.notify_all()
         return counts
 
 

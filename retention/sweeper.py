@@ -39,6 +39,7 @@ from sqlalchemy import BigInteger, Select, and_, bindparam, cast, delete, exists
 from sqlalchemy.orm import Session
 
 from integrity import audit_log
+from nvr.background import BackgroundLoop
 from nvr.clock import Clock, iso
 from nvr.config import Settings
 from nvr.db import Database
@@ -806,51 +807,30 @@ def summary(runs: list[Run], reason: str) -> str:
 
 
 # --- the schedule ----------------------------------------------------------------------------------------------------
-class SweepScheduler:
+class SweepScheduler(BackgroundLoop):
     """Runs the sweeper in a daemon thread every ``sweep_interval_seconds`` (first run at start, which also resumes
     unfinished batches) and whenever :meth:`wake` is called (the recorder, when a volume is full). A failing run is
-    logged and the schedule goes on."""
+    logged and the schedule goes on. :meth:`stop` stops after the batch in progress (an interrupted batch would be
+    resumed anyway)."""
+
+    thread_name = "retention-sweeper"
 
     def __init__(self, db: Database, settings: Settings, clock: Clock) -> None:
+        super().__init__()
         self.db, self.settings, self.clock = db, settings, clock
         self.last_report: SweepReport | None = None
-        self.runs = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._done = threading.Condition()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="retention-sweeper", daemon=True)
-        self._thread.start()
+        super().start()
         log.info(
             "retention sweeper started: every %.0f s and whenever a volume is full",
             self.settings.sweep_interval_seconds,
         )
 
-    def wake(self) -> None:
-        self._wake.set()
+    def step(self) -> float:
+        self.last_report = Sweeper(self.db, self.settings, self.clock, stop=self._stop).run()
+        return self.settings.sweep_interval_seconds
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the batch in progress (an interrupted batch would be resumed anyway)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wait_runs(self, n: int, timeout: float) -> bool:
-        """Block until at least ``n`` runs have finished (for callers that must know a requested sweep happened)."""
-        with self._done:
-            return self._done.wait_for(lambda: self.runs >= n, timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.last_report = Sweeper(self.db, self.settings, self.clock, stop=self._stop).run()
-            except Exception:
-                log.exception("retention sweep failed; retrying in %s s", self.settings.sweep_interval_seconds)
-            with self._done:
-                self.runs += 1
-                self._done.notify_all()
-            self._wake.wait(self.settings.sweep_interval_seconds)
+    def failed(self, exc: Exception) -> float:
+        log.exception("retention sweep failed; retrying in %s s", self.settings.sweep_interval_seconds)
+        return self.settings.sweep_interval_seconds

@@ -417,13 +417,13 @@ def test_scheduler_sweeps_at_start_and_when_woken(runtime: Runtime) -> None:
     sched = SweepScheduler(rt.db, rt.settings, clock)
     sched.start()
     try:
-        assert sched.wait_runs(1, timeout=30)
+        assert sched.wait_passes(1, timeout=30)
         assert _remaining(rt) == set()
         add_camera(rt, "cam2")
         add_segments(rt, "cam2", T0 + DAY, 1)
         clock.advance(2 * 86_400)
         sched.wake()
-        assert sched.wait_runs(2, timeout=30)
+        assert sched.wait_passes(2, timeout=30)
         assert _remaining(rt) == set() and sched.last_report is not None and sched.last_report.segments == 1
     finally:
         sched.stop()
