@@ -42,7 +42,7 @@ from nvr import registry
 from nvr.background import BackgroundLoop
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
-from nvr.models import Checkpoint, ExportJob, ExportRequest, ReadPin, Segment, SigningKey, User, Volume
+from nvr.models import Checkpoint, ExportJob, ExportRequest, Grant, Meta, ReadPin, Segment, SigningKey, User, Volume
 from storage import pins
 
 log = logging.getLogger(__name__)
@@ -396,8 +396,6 @@ def _principal(u: User) -> Principal:
 
 
 def _database_id(s: Session) -> str:
-    from nvr.models import Meta
-
     value = s.scalar(select(Meta.value).where(Meta.key == "database_id"))
     return str(value or "")
 
@@ -466,8 +464,6 @@ def _export_section(s: Session, r: ExportRequest, job: ExportJob) -> dict[str, A
         p = exports.person(s, d.approver_id) or {}
         approvers.append({**p, "unit_approved": d.unit, "decided": iso(d.decided_us), "reason": d.reason})
     if r.route == "grant" and r.grant_id is not None:
-        from nvr.models import Grant
-
         g = s.get(Grant, r.grant_id)
         if g is not None:
             p = exports.person(s, g.granted_by) or {}
@@ -477,20 +473,6 @@ def _export_section(s: Session, r: ExportRequest, job: ExportJob) -> dict[str, A
     return {
         "request_id": r.id,
         "job_id": job.id,
-        "window": {
-            "start": iso(r.window_start_us),
-            "end": iso(r.window_end_us),
-            "start_us": r.window_start_us,
-            "end_us": r.window_end_us,
-        },
-        "purpose": r.purpose,
-        "case_ref": r.case_ref,
-        "legal_basis": r.legal_basis,
-        "recipient": r.recipient,
-        "destination": r.destination,
-        "route": r.route,
-        "grant_id": r.grant_id,
-        "requester": exports.person(s, r.requester_id),
-        "cosigner": exports.person(s, r.cosigner_id),
+        **exports.matter(s, r),
         "approvers": approvers,
     }

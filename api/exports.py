@@ -354,12 +354,15 @@ def job_view(j: ExportJob | None) -> dict[str, Any] | None:
     }
 
 
-def view(s: Session, r: ExportRequest, now_us: int) -> dict[str, Any]:
+def matter(s: Session, r: ExportRequest) -> dict[str, Any]:
+    """What the request is about and who asked: the same fields in the API's view and in a bundle's manifest."""
     return {
-        "id": r.id,
-        "state": effective_state(r, now_us, has_bundle(s, r.id)),
-        "cameras": cameras_of(r),
-        "window": {"start": iso(r.window_start_us), "end": iso(r.window_end_us)},
+        "window": {
+            "start": iso(r.window_start_us),
+            "end": iso(r.window_end_us),
+            "start_us": r.window_start_us,
+            "end_us": r.window_end_us,
+        },
         "purpose": r.purpose,
         "case_ref": r.case_ref,
         "legal_basis": r.legal_basis,
@@ -369,6 +372,15 @@ def view(s: Session, r: ExportRequest, now_us: int) -> dict[str, Any]:
         "grant_id": r.grant_id,
         "requester": person(s, r.requester_id),
         "cosigner": person(s, r.cosigner_id),
+    }
+
+
+def view(s: Session, r: ExportRequest, now_us: int) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "state": effective_state(r, now_us, has_bundle(s, r.id)),
+        "cameras": cameras_of(r),
+        **matter(s, r),
         "cosigned": iso(r.cosigned_us),
         "owning_units": owning_units(s, r),
         "decisions": [

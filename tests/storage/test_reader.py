@@ -8,11 +8,9 @@ tell exactly which frames were served: none lost, none repeated, the right first
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import struct
-import subprocess
 from array import array
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -28,6 +26,7 @@ from storage.fmp4 import scan
 from storage.reader import GapInfo, PlaybackPlan, SegmentRef, iter_playback, plan_playback
 from storage.volumes import VolumeInfo
 from storage.writer import SegmentWriter
+from tests.support.media import ffprobe
 
 FPS = 25
 GOP = 25  # one fragment per second
@@ -204,19 +203,6 @@ def _play(path: Path) -> Played:
     return out
 
 
-def _ffprobe(path: Path) -> dict:
-    """A second, independent player (the system's ffprobe, another FFmpeg version): no errors, frames counted."""
-    entries = "format=duration:stream=codec_type,nb_read_frames"
-    result = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", entries, "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    return json.loads(result.stdout)
-
-
 def _top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
     """(type, payload start, end) of the top-level boxes, independently of the module under test."""
     out, pos = [], 0
@@ -272,7 +258,7 @@ def _check_stream(data: bytes, path: Path, plan: PlaybackPlan, frames: list[int]
     assert plan.media_duration_us == len(frames) * FRAME_US
     assert played.sizes == {(rec.width, rec.height)}
 
-    probe = _ffprobe(path)
+    probe = ffprobe(path)
     video = next(s for s in probe["streams"] if s["codec_type"] == "video")
     assert int(video["nb_read_frames"]) == len(frames)
     assert float(probe["format"]["duration"]) == pytest.approx(plan.media_duration_us / 1e6, abs=0.05)

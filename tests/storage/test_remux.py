@@ -9,11 +9,9 @@ by PyAV, decoding by PyAV (anything FFmpeg logs fails the test) and by the syste
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 import struct
-import subprocess
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from storage.reader import SegmentRef
 from storage.remux import ConvenienceFile, convenience_mp4
 from storage.writer import MOVFLAGS
 from tests.support.footage import CLIP_SECONDS, FPS, add_camera, add_segments, clip
+from tests.support.media import ffprobe
 
 T0 = 1_700_000_000_000_000
 FRAME_US = 1_000_000 // FPS
@@ -119,18 +118,6 @@ def _play(path: Path) -> Played:
     return out
 
 
-def _ffprobe(path: Path) -> dict:
-    entries = "format=duration:stream=codec_type,nb_read_frames"
-    result = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", entries, "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    return json.loads(result.stdout)
-
-
 def _clip_packets(path: Path, kind: str = "video") -> list[tuple[bytes, bool]]:
     with av.open(str(path)) as c:
         return [(bytes(p), p.is_keyframe) for p in c.demux() if p.size and p.stream.type == kind]
@@ -157,7 +144,7 @@ def _check_file(f: ConvenienceFile, start_us: int, end_us: int, total_frames: in
     assert played.shown_pts[0] == 0  # the window's first frame is at the start of the timeline
     assert all(b - a == pytest.approx(ONE_FRAME_S) for a, b in zip(played.shown_pts, played.shown_pts[1:]))
     window_s = (end_us - start_us) / 1e6
-    probe = _ffprobe(f.path)
+    probe = ffprobe(f.path)
     assert float(probe["format"]["duration"]) == pytest.approx(window_s, abs=ONE_FRAME_S)
     video = next(s for s in probe["streams"] if s["codec_type"] == "video")
     assert int(video["nb_read_frames"]) == len(shown)
@@ -388,7 +375,7 @@ def test_audio_is_kept(tmp_path: Path) -> None:
     assert played.shown_pts[0] == 0 and len(played.shown_pts) == len(_frames_shown(start, end, 3 * CLIP_FRAMES))
     assert played.audio_samples > 0
     assert played.audio_end_s == pytest.approx((end - start) / 1e6, abs=0.05)  # about one AAC frame
-    probe = _ffprobe(f.path)
+    probe = ffprobe(f.path)
     assert {s["codec_type"] for s in probe["streams"]} == {"video", "audio"}
     assert float(probe["format"]["duration"]) == pytest.approx((end - start) / 1e6, abs=0.05)
     # Audio packets are copied too: every one of the file's is one of the source's, in order.
@@ -420,5 +407,5 @@ def test_b_frames_start_at_zero_and_end_cleanly(tmp_path: Path) -> None:
         played = _play(f.path)
         assert played.shown_pts[0] == 0 and len(played.shown_pts) == len(_frames_shown(start, end, 3 * CLIP_FRAMES))
         assert all(b - a == pytest.approx(ONE_FRAME_S) for a, b in zip(played.shown_pts, played.shown_pts[1:]))
-        duration = float(_ffprobe(f.path)["format"]["duration"])
+        duration = float(ffprobe(f.path)["format"]["duration"])
         assert duration == pytest.approx((end - start) / 1e6, abs=ONE_FRAME_S + 0.001)
