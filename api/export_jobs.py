@@ -41,6 +41,7 @@ from integrity import chain, checkpoints, keys
 from nvr import registry
 from nvr.background import BackgroundLoop
 from nvr.clock import iso
+from nvr.config import Settings
 from nvr.errors import Kind, NvrError
 from nvr.models import Checkpoint, ExportJob, ExportRequest, Grant, Meta, ReadPin, Segment, SigningKey, User, Volume
 from storage import pins
@@ -267,6 +268,7 @@ class ExportRunner(BackgroundLoop):
             originals = {c: rows for c, rows in originals.items() if rows}
             if not originals:
                 raise NvrError(Kind.NOT_FOUND, "no_footage", "no footage is left in the window (was it deleted?)")
+            _check_space(settings, sum(int(x["bytes"]) for rows in originals.values() for x in rows))
             chosen: dict[str, Checkpoint] = {}
             for c, rows in originals.items():
                 cp = checkpoints.covering(s, c, int(rows[-1]["seq"]))
@@ -366,6 +368,22 @@ class _Progress:
             )
             s.execute(update(ReadPin).where(ReadPin.request_id == _pin_name(self.job_id)).values(heartbeat_us=now))
             self._cancel = bool(s.scalar(select(ExportJob.cancel_requested).where(ExportJob.id == self.job_id)))
+
+
+def _check_space(settings: Settings, originals_bytes: int) -> None:
+    """A bundle holds the originals and a convenience copy of about the same size, and is built beside a working
+    copy of the latter: refuse at once, rather than fill the disk the recorder may share, when that would not fit
+    above the recorder's critical mark."""
+    need = 3 * originals_bytes + settings.volume_min_free_bytes
+    free = shutil.disk_usage(settings.exports_dir).free
+    if free < need:
+        raise NvrError(
+            Kind.UNAVAILABLE,
+            "export_no_space",
+            f"the export needs about {need // 1_000_000} MB free in {settings.exports_dir} (originals "
+            f"{originals_bytes // 1_000_000} MB, their convenience copy, and the recorder's reserve); "
+            f"{free // 1_000_000} MB are free",
+        )
 
 
 def _pin_name(job_id: int) -> str:

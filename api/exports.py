@@ -139,6 +139,13 @@ def create(s: Session, p: Principal, spec: ExportSpec, max_window_hours: int, no
     if not p.can("exports.request"):
         raise _deny("role_forbidden", "only an officer may request an export")
     cameras = _validate(s, spec, max_window_hours, now_us)
+    for c in cameras:
+        cam = registry.get(s, c)
+        if cam.share_class == "non_shared" and cam.managing_unit != p.unit:
+            raise _deny(
+                "camera_not_shared",
+                f"camera {c!r} is not shared outside its managing unit; only its own officers may export it",
+            )
     g = _grant_covering(s, p, cameras, spec.start_us, spec.end_us, now_us, spec.grant_id)
     r = ExportRequest(
         requester_id=p.user_id,

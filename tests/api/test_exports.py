@@ -342,3 +342,22 @@ def test_a_queued_job_can_be_cancelled_and_only_by_a_party(api: Api) -> None:
         r = c.post(f"{V1}/exports/{rid}/job/cancel")
         assert r.status_code == 200 and r.json()["state"] == "cancelled"
         assert _code(c.post(f"{V1}/exports/{rid}/job/cancel")) == (409, "export_job_not_running")
+
+
+def test_a_non_shared_camera_is_exported_only_by_its_own_unit(api: Api) -> None:
+    a = api.camera("cam-n", segments=1, unit="Unit A", share_class="non_shared")
+    _people(api)
+    assert _code(_file(api, "off-b", ["cam-n"], a[0], a[0] + SEG_US)) == (403, "camera_not_shared")
+    assert _file(api, "off1", ["cam-n"], a[0], a[0] + SEG_US).status_code == 201
+
+
+def test_an_export_that_would_fill_the_disk_is_refused_before_writing(api: Api) -> None:
+    a = api.camera("cam-a", segments=2, unit="Unit A")
+    _people(api)
+    rid = _approved(api, ["cam-a"], a[0], a[0] + 2 * SEG_US)
+    api.rt.settings.volume_min_free_bytes = 1 << 62  # the recorder's reserve alone is more than any disk
+    with api.client("off1") as c:
+        assert c.post(f"{V1}/exports/{rid}/job").status_code == 202
+    job = _wait_job(api, "off1", rid)
+    assert job["state"] == "failed" and job["error"]["code"] == "export_no_space"
+    assert not [p for p in api.rt.settings.exports_dir.iterdir() if p.is_file()]
