@@ -157,6 +157,7 @@ def create_app(services: Services) -> FastAPI:
         footage,
         grants,
         holds,
+        integrity,
         policies,
         requests,
         system,
@@ -178,7 +179,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
     for module in (auth, users, cameras, grants, requests, footage, audit_routes, policies, holds, capacity, system):
         app.include_router(module.router, prefix=PREFIX)
-    for module in (exports,):
+    for module in (exports, integrity):
         app.include_router(module.router, prefix=PREFIX)
 
     @app.middleware("http")

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 
 from nvr.clock import iso
@@ -361,3 +362,30 @@ def test_an_export_that_would_fill_the_disk_is_refused_before_writing(api: Api) 
     job = _wait_job(api, "off1", rid)
     assert job["state"] == "failed" and job["error"]["code"] == "export_no_space"
     assert not [p for p in api.rt.settings.exports_dir.iterdir() if p.is_file()]
+
+
+def test_public_keys_and_findings_over_http(api: Api) -> None:
+    from integrity import keys
+    from integrity.verify_archive import Problem, open_finding
+
+    _people(api)
+    api.user("adm", ["admin"], unit="IT")
+    with api.rt.db.session() as s:
+        key = keys.ensure_key(s, api.rt.settings.keys_dir, api.clock.now_us())
+        fingerprint = key.fingerprint
+    with api.client("viewer") as c:
+        listed = c.get(f"{V1}/keys").json()["keys"]
+        assert [(k["fingerprint"], k["active"]) for k in listed] == [(fingerprint, True)]
+        assert "PRIVATE" not in json.dumps(listed)
+        assert _code(c.get(f"{V1}/integrity/findings")) == (403, "role_forbidden")
+    with api.rt.db.session() as s:
+        open_finding(
+            s, Problem("hash_mismatch", "cam-a", 7, api.clock.now_us(), "segment cam-a #7", "sha256 differs"),
+            "scrubber", api.clock.now_us(),
+        )  # fmt: skip
+    with api.client("aud") as c:
+        (f,) = c.get(f"{V1}/integrity/findings").json()["findings"]
+        assert (f["kind"], f["camera_id"], f["seq"]) == ("hash_mismatch", "cam-a", 7)
+    with httpx.Client(base_url=api.url) as c:
+        health = c.get(f"{V1}/health").json()
+        assert health["status"] == "degraded" and "integrity_mismatch" in health["alarms"]

@@ -1,0 +1,64 @@
+"""Integrity over HTTP: the server's public signing keys (so any user can fetch the key of an old bundle; the
+fingerprint to trust still comes out of band) and the open integrity findings behind the ``integrity_mismatch``
+alarm (admins and auditors)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+
+from api import audit
+from api.context import Ctx, requires
+from integrity import keys
+from integrity.verify_archive import open_findings
+from nvr.clock import iso
+
+router = APIRouter(tags=["integrity"])
+
+
+@router.get("/keys")
+def list_keys(ctx: Annotated[Ctx, Depends(requires("keys.list"))]) -> dict[str, Any]:
+    """Every signing key the server has used, oldest first, with its public key (PEM) and fingerprint."""
+    with ctx.db.session() as s:
+        return {
+            "keys": [
+                {
+                    "key_id": k.key_id,
+                    "suite": k.suite,
+                    "fingerprint": k.fingerprint,
+                    "public_key_pem": k.public_key_pem,
+                    "created": iso(k.created_us),
+                    "retired": iso(k.retired_us),
+                    "active": k.retired_us is None,
+                }
+                for k in keys.public_keys(s)
+            ]
+        }
+
+
+@router.get("/integrity/findings")
+def findings(
+    ctx: Annotated[Ctx, Depends(requires("integrity.findings", "integrity.read"))],
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """Unresolved problems the scrubber or ``nvr verify --record`` found: kind, camera, seq, footage time."""
+    with ctx.db.session() as s:
+        rows = open_findings(s)[:limit]
+        ctx.record(s, audit.Event("integrity.findings", "allowed", reason=f"{len(rows)} open finding(s)"))
+        return {
+            "findings": [
+                {
+                    "id": f.id,
+                    "kind": f.kind,
+                    "camera_id": f.camera_id,
+                    "seq": f.seq,
+                    "at": iso(f.at_us),
+                    "subject": f.subject,
+                    "detail": f.detail,
+                    "source": f.source,
+                    "found": iso(f.found_us),
+                }
+                for f in rows
+            ]
+        }
