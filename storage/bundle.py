@@ -15,14 +15,19 @@ checkpoints' signatures are checked. The bundle is written to ``<dest>.partial``
 on any failure or cancellation the partial file and every temporary file are removed, so a bundle either exists
 complete or not at all.
 
-Speed: each original is read once, in 1 MiB chunks (two buffers in rotation; small enough to stay in the CPU
-cache while it is hashed, CRC-ed and written: 8 MiB chunks made copying several times slower). Per chunk its
-SHA-256 runs on one worker thread while the main thread computes the ZIP CRC-32 and writes; the bytes written go
-through a sink that hashes the whole bundle (for the job's ``bundle_sha256``) on a second worker. hashlib and zlib
-release the GIL on large buffers, so these overlap. The sink is deliberately not seekable: zipfile then writes each
-member strictly in order (CRC and sizes in a data descriptor after the data, and in the central directory), so the
-bundle's hash is computed as it is written instead of in a second pass. The convenience remux (``storage.remux``)
-runs on its own thread at the same time as the originals are copied; its files are then copied in the same way.
+Speed (bench/export.py, docs/performance.md): each original is read once, in 1 MiB chunks (two buffers in rotation;
+small enough to stay in the CPU cache while it is hashed, CRC-ed and written: 8 MiB chunks made copying several
+times slower). Per chunk its SHA-256 runs on one worker thread while the main thread computes the ZIP CRC-32 and
+writes; the bytes written go through a sink that hashes the whole bundle (``BundleResult.sha256``) on a second
+worker, unless ``bundle_hash=False`` (that hash is a third of the CPU of the copy; the manifest's hash identifies
+the bundle as well). hashlib and zlib release the GIL on large buffers, so these overlap. The sink is deliberately
+not seekable: zipfile then writes each member strictly in order (CRC and sizes in a data descriptor after the
+data, and in the central directory), so the bundle's hash is computed as it is written instead of in a second
+pass. Every 128 MiB written the sink starts an ``fdatasync`` on a third worker, so the disk writes while the copy
+goes on and the final ``fsync`` has little left to do (it took a third of an originals-only bundle's time
+before). The convenience remux (``storage.remux``, asked not to hash its output) runs on its own thread at the
+same time as the originals are copied; its files are then copied in the same way, their SHA-256 taken from that
+copy, so each is hashed once.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ FORMAT = "nvr-export-bundle"
 VERSION = 1
 CHUNK = 1 << 20  # see the module docstring: larger chunks fall out of the CPU cache
 PROGRESS_EVERY_S = 0.25
+FLUSH_EVERY = 128 << 20  # bytes written between two background fdatasync calls (see the module docstring)
 PARTIAL_SUFFIX = ".partial"
 
 MANIFEST = "manifest.json"
@@ -152,7 +158,7 @@ class BundleInput:
 class BundleResult:
     path: Path
     bytes: int
-    sha256: str
+    sha256: str | None  # of the whole ZIP; None when write_bundle was called with bundle_hash=False
     manifest_sha256: str
     files: int  # members in the ZIP
 
@@ -179,25 +185,35 @@ def _footage(cam: str, row: dict) -> str:
 
 
 class _Sink:
-    """The bundle file as zipfile sees it: append-only, not seekable, hashing every byte on a worker thread.
+    """The bundle file as zipfile sees it: append-only, not seekable, hashing every byte on a worker thread
+    (unless told not to).
 
     A buffer passed to ``write`` must not change until :meth:`barrier`'s future is done (FIFO worker).
     """
 
-    def __init__(self, fd: int, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, fd: int, pool: ThreadPoolExecutor, flush_pool: ThreadPoolExecutor, hashed: bool) -> None:
         self._fd = fd
         self._pool = pool
-        self._sha = hashlib.sha256()
+        self._flush_pool = flush_pool
+        self._sha = hashlib.sha256() if hashed else None
         self._pos = 0
+        self._flushed = 0
+        self._flush: Future[None] | None = None
         self._last: Future[None] | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
-        self._last = self._pool.submit(self._sha.update, view)
+        if self._sha is not None:
+            self._last = self._pool.submit(self._sha.update, view)
         n, off = len(view), 0
         while off < n:
             off += os.write(self._fd, view[off:])
         self._pos += n
+        if self._pos - self._flushed >= FLUSH_EVERY and (self._flush is None or self._flush.done()):
+            if self._flush is not None:
+                self._flush.result()  # a write error seen by the flush is raised here
+            self._flushed = self._pos
+            self._flush = self._flush_pool.submit(os.fdatasync, self._fd)
         return n
 
     def tell(self) -> int:
@@ -215,10 +231,30 @@ class _Sink:
     def barrier(self) -> Future[None] | None:
         return self._last
 
-    def hexdigest(self) -> str:
+    def sync(self) -> None:
+        """Everything written is on disk (the earlier background flushes done, then one last fsync)."""
+        if self._flush is not None:
+            self._flush.result()
+        os.fsync(self._fd)
+
+    def hexdigest(self) -> str | None:
         if self._last is not None:
             self._last.result()
-        return self._sha.hexdigest()
+        return None if self._sha is None else self._sha.hexdigest()
+
+
+class _Phases:
+    """Seconds per phase of one bundle, into the caller's dict (or nowhere)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self._into = into
+        self._t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._into is not None:
+            self._into[name] = self._into.get(name, 0.0) + now - self._t
+        self._t = now
 
 
 class _Writer:
@@ -399,7 +435,9 @@ def _convenience(inp: BundleInput, out_dir: Path, cancelled: Callable[[], bool])
             for s in cam.segments
         ]
         out[cam.id] = (
-            remux.convenience_mp4(refs, inp.window_start_us, inp.window_end_us, out_dir, cam.id, cancelled)
+            remux.convenience_mp4(
+                refs, inp.window_start_us, inp.window_end_us, out_dir, cam.id, cancelled, hashed=False
+            )
             if refs
             else []
         )
@@ -414,12 +452,21 @@ def write_bundle(
     work_dir: Path,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    bundle_hash: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> BundleResult:
-    """Write the signed bundle for ``inp`` at ``dest`` (see the module docstring); all or nothing."""
+    """Write the signed bundle for ``inp`` at ``dest`` (see the module docstring); all or nothing.
+
+    ``bundle_hash=False`` skips the SHA-256 of the whole ZIP (``BundleResult.sha256`` is then None): about a
+    quarter of the CPU time of a bundle with its convenience MP4; the manifest's hash (always computed) identifies
+    the bundle too.
+    ``timings``, when given, receives the seconds each phase took (bench/export.py)."""
     dest = Path(dest)
+    clock = _Phases(timings)
     if dest.exists():
         raise NvrError(Kind.CONFLICT, "export_exists", f"{dest} exists already")
     checkpoints, keys = _check_inputs(inp, signer)
+    clock.mark("check")
     partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bundle-", dir=work_dir))
@@ -427,12 +474,12 @@ def write_bundle(
     originals_total = sum(int(s.row["bytes"]) for c in inp.cameras for s in c.segments)
     w.total = 2 * originals_total  # until the convenience files' sizes are known
     fd = -1
-    pools = [ThreadPoolExecutor(1, thread_name_prefix=f"bundle-{n}") for n in ("hash", "sink", "remux")]
-    hash_pool, sink_pool, remux_pool = pools
+    pools = [ThreadPoolExecutor(1, thread_name_prefix=f"bundle-{n}") for n in ("hash", "sink", "remux", "flush")]
+    hash_pool, sink_pool, remux_pool, flush_pool = pools
     remuxed: Future[dict[str, list]] | None = None
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        sink = _Sink(fd, sink_pool)
+        sink = _Sink(fd, sink_pool, flush_pool, bundle_hash)
         remuxed = remux_pool.submit(_convenience, inp, tmp, w.cancelled)
         cams: list[dict] = []
         with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
@@ -473,13 +520,15 @@ def write_bundle(
                         "gaps": list(cam.gaps),
                     }
                 )
+            clock.mark("originals")
             conv = remuxed.result()
+            clock.mark("remux_wait")
             w.total = originals_total + sum(c.bytes for files in conv.values() for c in files)
             for entry in cams:
                 for i, c in enumerate(conv.get(entry["id"], [])):
                     name = f"convenience/{entry['id']}.mp4" if i == 0 else f"convenience/{entry['id']}-part{i + 1}.mp4"
                     digest, n = w.add_file(zf, sink, hash_pool, name, c.path, c.bytes)
-                    if digest != c.sha256 or n != c.bytes:
+                    if n != c.bytes:
                         raise NvrError(
                             Kind.DATA_LOSS, "convenience_changed", f"{name} changed between the remux and the copy"
                         )
@@ -488,6 +537,7 @@ def write_bundle(
                         {"path": name, "sha256": digest, "bytes": n, "first_us": c.first_us, "end_us": c.end_us}
                     )
                     c.path.unlink(missing_ok=True)
+            clock.mark("convenience_copy")
             own = signer.public
             key_entries = []
             for key_id in sorted(keys):
@@ -510,12 +560,13 @@ def write_bundle(
             zf.comment = b"NVR export bundle: see VERIFY.txt"
         bundle_sha = sink.hexdigest()
         size = sink.tell()
-        os.fsync(fd)
+        sink.sync()
         os.close(fd)
         fd = -1
         rename_noreplace(partial, dest)
         fsync_dir(dest.parent)
         w._tick(0, force=True)
+        clock.mark("finish")
         return BundleResult(dest, size, bundle_sha, hashlib.sha256(body).hexdigest(), w.members)
     except NvrError:
         w.abort.set()

@@ -6,8 +6,15 @@ payload byte is the recorded one.
 
 Pipeline, one pass over the footage: ``plan_playback`` → ``iter_playback`` chunks → a read-only file-like object
 → PyAV's mp4 demuxer → timestamps shifted → PyAV's mp4 muxer → ``<name>.partial`` → renamed into place, then
-hashed (the ``faststart`` pass rewrites the file in place, so the hash is taken once it is final). Nothing is
-decoded; per packet there is one shift, one comparison and one ``mux_one``.
+hashed (unless the caller hashes it itself, as the export bundle does while copying it). Nothing is decoded; per
+packet there is one shift, one comparison and one ``mux_one``.
+
+``moov`` before ``mdat`` without a second pass: the muxer first reserves room for the index at the front of the
+file (FFmpeg's ``moov_size``, :data:`MOOV_RESERVE_PER_SECOND` bytes per second of footage, far more than the ~110
+bytes a second a 25 fps camera needs) and writes the ``moov`` there at the end, the rest of the room becoming a
+``free`` box. ``faststart`` would instead move every media byte once more (the whole file read and rewritten, a
+fifth of the remux's time for an hour of footage). Should the index not fit (a stream with far more packets a
+second) or FFmpeg fail otherwise, the file is made once more with ``faststart``.
 
 Exact window without re-encoding (what ``ffmpeg -ss T -i in -c copy out.mp4`` does): the stream must begin with
 the keyframe at or before ``start_us`` (the plan's ``first_us``). Every packet's pts and dts are moved back by
@@ -55,6 +62,8 @@ from storage.writer import rename_noreplace
 __all__ = ["ConvenienceFile", "convenience_mp4"]
 
 CHUNK = 1 << 20  # bytes per read from the splice, and FFmpeg's input buffer size
+MOOV_RESERVE_BASE = 64 << 10
+MOOV_RESERVE_PER_SECOND = 1600  # room for ~100 packets a second at 16 bytes of index each (see the docstring)
 CANCEL_EVERY = 256  # packets between two calls of cancelled()
 PARTIAL_SUFFIX = ".partial"
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -66,7 +75,7 @@ class ConvenienceFile:
     first_us: int  # wall-clock footage time at t = 0 of the file's playable timeline
     end_us: int  # wall-clock footage time where it ends
     bytes: int
-    sha256: str
+    sha256: str | None  # None when convenience_mp4 was asked not to hash (hashed=False)
 
 
 class _SpliceReader:
@@ -82,10 +91,14 @@ class _SpliceReader:
     def read(self, n: int) -> bytes:
         if not self._chunk:
             try:
-                self._chunk = memoryview(next(self._chunks, b""))
+                chunk = next(self._chunks, b"")
             except BaseException as exc:  # kept, in case FFmpeg turned it into an end of file
                 self.error = exc
                 raise
+            if len(chunk) <= n:  # the usual case (chunk size = FFmpeg's buffer size): hand it over, no copy
+                self.consumed += len(chunk)
+                return chunk
+            self._chunk = memoryview(chunk)
         out = self._chunk[:n]
         self._chunk = self._chunk[len(out) :]
         self.consumed += len(out)
@@ -183,14 +196,27 @@ class _Cut:
             self.out.mux_one(p)
 
 
+def _moov_options(plan: PlaybackPlan, reserve: bool) -> dict[str, str]:
+    if not reserve:
+        return {"movflags": "faststart"}
+    seconds = math.ceil(plan.media_duration_us / 1_000_000) + 1
+    return {"moov_size": str(MOOV_RESERVE_BASE + MOOV_RESERVE_PER_SECOND * seconds)}
+
+
 def _remux(
-    plan: PlaybackPlan, partial: Path, shift_us: int, end_media_us: int, cancelled: Callable[[], bool] | None
+    plan: PlaybackPlan,
+    partial: Path,
+    shift_us: int,
+    end_media_us: int,
+    cancelled: Callable[[], bool] | None,
+    reserve: bool = True,
 ) -> None:
     reader = _SpliceReader(iter_playback(plan, CHUNK))
+    options = _moov_options(plan, reserve)
     try:
         with (
             av.open(reader, "r", format="mp4", buffer_size=CHUNK) as inp,
-            av.open(f"file:{partial.absolute()}", "w", format="mp4", options={"movflags": "faststart"}) as out,
+            av.open(f"file:{partial.absolute()}", "w", format="mp4", options=options) as out,
         ):
             outs: dict[int, av.stream.Stream] = {}
             for s in inp.streams:
@@ -228,18 +254,26 @@ def _remux(
 
 
 def _write_one(
-    plan: PlaybackPlan, start_us: int, end_us: int, final: Path, cancelled: Callable[[], bool] | None
+    plan: PlaybackPlan, start_us: int, end_us: int, final: Path, cancelled: Callable[[], bool] | None, hashed: bool
 ) -> ConvenienceFile:
     first_us = max(start_us, plan.first_us)
     last_us = min(end_us, plan.end_us)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    window = (first_us - plan.first_us, _media_us(plan, last_us))
     try:
-        _remux(plan, partial, first_us - plan.first_us, _media_us(plan, last_us), cancelled)
+        try:
+            _remux(plan, partial, *window, cancelled)
+        except NvrError as exc:
+            if exc.code != "remux_failed":
+                raise
+            partial.unlink(missing_ok=True)  # the index did not fit the room reserved for it (or FFmpeg failed)
+            _remux(plan, partial, *window, cancelled, reserve=False)
         rename_noreplace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
     try:
-        return ConvenienceFile(final, first_us, last_us, final.stat().st_size, sha256_file(final))
+        digest = sha256_file(final) if hashed else None
+        return ConvenienceFile(final, first_us, last_us, final.stat().st_size, digest)
     except BaseException:
         final.unlink(missing_ok=True)
         raise
@@ -252,11 +286,13 @@ def convenience_mp4(
     out_dir: Path,
     stem: str,
     cancelled: Callable[[], bool] | None = None,
+    hashed: bool = True,
 ) -> list[ConvenienceFile]:
     """Write the window [start_us, end_us) of ``refs`` (one camera's segment rows) as playable MP4 files.
 
     One file per run of compatible init sections, in time order: ``<stem>.mp4``, then ``<stem>-part2.mp4``, ….
     An existing file of the same name is never replaced (``CONFLICT "export_file_exists"``). See the module docstring.
+    ``hashed=False`` leaves ``sha256`` None, for a caller that hashes the files as it reads them anyway.
     """
     if not stem or "/" in stem or os.sep in stem or stem in (".", ".."):
         raise NvrError(Kind.INVALID_ARGUMENT, "bad_stem", f"{stem!r} is not a plain file name stem")
@@ -279,7 +315,7 @@ def convenience_mp4(
             final = out_dir / name
             if final.exists():
                 raise NvrError(Kind.CONFLICT, "export_file_exists", f"{final} exists already; it is not replaced")
-            written.append(_write_one(plan, cursor, end_us, final, cancelled))
+            written.append(_write_one(plan, cursor, end_us, final, cancelled, hashed))
             if plan.truncated_at_us is None:
                 break
             cursor = plan.truncated_at_us
