@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 from pydantic import Field
 from sqlalchemy import select
+from starlette.types import Receive, Scope, Send
 
 from api import audit, exports
 from api.context import Ctx, requires
@@ -36,6 +37,15 @@ class ExportBody(Body):
 
 class DecisionBody(Body):
     reason: Annotated[str, Field(max_length=2000)]
+
+
+class _WholeFile(FileResponse):
+    """A bundle is sent whole, never a byte range: each request is one counted, audited copy, so a Range request
+    (a download manager resuming) gets the full file rather than a part that would use up a download."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 
 def _event(r: ExportRequest, action: str, reason: str | None = None, **kw: Any) -> audit.Event:
@@ -220,7 +230,7 @@ def download_bundle(
     request_id: int,
     ctx: Annotated[Ctx, Depends(requires("export.download"))],
     destination: Annotated[str, Query(min_length=1, max_length=2000, description="where this copy goes")],
-) -> FileResponse:
+) -> _WholeFile:
     """Download the bundle (requester or co-signer only), declaring where this copy goes. Each download is
     counted (at most ``export_max_downloads``) and audited per camera with its destination."""
     ctx.hint(object_id=f"export:{request_id}", destination=destination)
@@ -264,9 +274,9 @@ def download_bundle(
             )
         name = f"export-{r.id}-{r.case_ref}.zip"
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return FileResponse(
+    return _WholeFile(
         path,
         media_type="application/zip",
         filename=safe,
-        headers={"X-Bundle-SHA256": job.bundle_sha256 or ""},
+        headers={"X-Bundle-SHA256": job.bundle_sha256 or "", "Accept-Ranges": "none"},
     )
