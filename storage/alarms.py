@@ -5,7 +5,9 @@ A volume is ``ok``, ``high_water`` (fuller than the sweeper's high-water mark: i
 (missing, foreign identity, unreadable). ``storage_full`` is raised when a camera's recorder stopped because no
 volume had room: the recorder reports ``error`` with a reason starting ``storage_full``. ``integrity_mismatch`` is
 raised while the scrubber or ``nvr verify --record`` has an open finding (a segment whose bytes no longer match
-its hash, a missing file…; integrity.verify_archive).
+its hash, a missing file…; integrity.verify_archive). ``checkpoints_stale`` is raised when checkpoints were being
+written and the newest is now more than three intervals old (the scheduler cannot sign: a lost key file, a
+database error; its log says which), since footage recorded meanwhile is not yet covered by any signature.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from integrity.verify_archive import open_counts
 from nvr.clock import iso
 from nvr.config import Settings
 from nvr.errors import NvrError
-from nvr.models import Camera, RecorderState
+from nvr.models import Camera, Checkpoint, RecorderState
 from nvr.status import STALE_US
 from storage import volumes as vol
 
@@ -43,6 +45,8 @@ class StorageAlarms:
     storage_full_cameras: list[str] = field(default_factory=list)
     storage_full_since: str | None = None
     integrity_findings: dict[str, int] = field(default_factory=dict)
+    newest_checkpoint: str | None = None
+    checkpoints_stale: bool = False
 
     @property
     def storage_full(self) -> bool:
@@ -59,6 +63,8 @@ class StorageAlarms:
             out.append("volume_unavailable")
         if any(self.integrity_findings.values()):
             out.append("integrity_mismatch")
+        if self.checkpoints_stale:
+            out.append("checkpoints_stale")
         return out
 
     def as_dict(self) -> dict:
@@ -69,6 +75,7 @@ class StorageAlarms:
             else None,
             "volumes": [asdict(v) for v in self.volumes],
             "integrity_findings": {k: n for k, n in self.integrity_findings.items() if n},
+            "newest_checkpoint": self.newest_checkpoint,
         }
 
 
@@ -110,4 +117,8 @@ def storage_alarms(session: Session, settings: Settings, database_id: str, now_u
     if rows:
         out.storage_full_since = iso(min(r[1] for r in rows))
     out.integrity_findings = open_counts(session)
+    newest = session.scalar(select(func.max(Checkpoint.created_us)))
+    if newest is not None:
+        out.newest_checkpoint = iso(newest)
+        out.checkpoints_stale = now_us - newest > 3 * settings.checkpoint_interval_minutes * 60_000_000
     return out

@@ -34,7 +34,8 @@ def alarms_now(ctx: Ctx) -> StorageAlarms:
 def health(ctx: Annotated[Ctx, Depends(anonymous("health"))]) -> dict[str, Any]:
     """Liveness for load balancers and a first look for people: no login, not audited. ``status`` is ``ok`` or
     ``degraded``, with the alarm codes (``storage_full``, ``volume_critical``, ``volume_unavailable``,
-    ``integrity_mismatch``); which cameras and volumes are affected is at ``GET /system/health``."""
+    ``integrity_mismatch``, ``checkpoints_stale``); which cameras and volumes are affected is at
+    ``GET /system/health``."""
     codes = alarms_now(ctx).codes
     return {"status": "degraded" if codes else "ok", "alarms": codes}
 

@@ -253,3 +253,20 @@ def test_scheduler_survives_a_lost_key_and_resumes(runtime: Runtime, caplog) -> 
     finally:
         sched.stop()
     assert any("signing_key_missing" in r.getMessage() for r in caplog.records)
+
+
+def test_checkpoints_that_stopped_raise_an_alarm(runtime: Runtime) -> None:
+    """Footage recorded while no checkpoint can be signed is covered by no signature: /health must say so."""
+    from storage.alarms import storage_alarms
+
+    rt = runtime
+    with rt.db.session() as s:
+        assert "checkpoints_stale" not in storage_alarms(s, rt.settings, rt.db.database_id(), T0).codes  # none yet
+        keys.ensure_key(s, rt.settings.keys_dir, T0)
+    with rt.db.session() as s:
+        checkpoints.make_checkpoint(s, keys.active_signer(s, rt.settings.keys_dir), T0, rt.db.database_id())
+    interval = int(rt.settings.checkpoint_interval_minutes * MIN)
+    with rt.db.session() as s:
+        assert "checkpoints_stale" not in storage_alarms(s, rt.settings, rt.db.database_id(), T0 + 3 * interval).codes
+        late = storage_alarms(s, rt.settings, rt.db.database_id(), T0 + 3 * interval + MIN)
+        assert "checkpoints_stale" in late.codes and late.as_dict()["newest_checkpoint"] is not None
