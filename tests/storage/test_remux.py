@@ -23,6 +23,7 @@ import pytest
 from api.footage import segments_in
 from nvr.errors import Kind, NvrError
 from nvr.runtime import Runtime
+from storage import remux
 from storage.reader import SegmentRef
 from storage.remux import ConvenienceFile, convenience_mp4
 from storage.writer import MOVFLAGS
@@ -195,6 +196,25 @@ def test_end_is_clipped_exclusively(archive: list[SegmentRef], tmp_path: Path) -
     for end in [T0 + 3_000_000, T0 + 3_000_001, T0 + 4_000_000, T0 + 4_020_000, T0 + 4_040_000]:
         (f,) = convenience_mp4(archive, start, end, tmp_path / str(end), "end")
         _check_file(f, start, end)
+
+
+def test_an_index_too_big_for_its_reserved_room_falls_back_to_faststart(
+    archive: list[SegmentRef], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moov is written into room reserved at the front; should it not fit, the file is made once more with
+    FFmpeg's faststart, and is just as valid (moov before mdat, the same frames)."""
+
+    def free_room(f: ConvenienceFile) -> int:
+        return sum(end - body for kind, body, end in _top_boxes(f.path.read_bytes()) if kind == b"free")
+
+    start, end = T0 + 2_300_000, T0 + 7_700_000
+    (roomy,) = convenience_mp4(archive, start, end, tmp_path, "roomy")
+    assert free_room(roomy) > 60_000  # the usual case: the unused part of the reserved room
+    monkeypatch.setattr(remux, "MOOV_RESERVE_BASE", 100)
+    monkeypatch.setattr(remux, "MOOV_RESERVE_PER_SECOND", 0)
+    (f,) = convenience_mp4(archive, start, end, tmp_path, "tight")
+    _check_file(f, start, end)
+    assert free_room(f) <= 8  # no reserved room: faststart made it (its free box is an 8-byte placeholder)
 
 
 def test_payloads_are_not_re_encoded(archive: list[SegmentRef], tmp_path: Path) -> None:
