@@ -26,7 +26,7 @@ from storage.fmp4 import scan
 from storage.reader import GapInfo, PlaybackPlan, SegmentRef, iter_playback, plan_playback
 from storage.volumes import VolumeInfo
 from storage.writer import SegmentWriter
-from tests.support.media import ffprobe
+from tests.support.media import ffprobe, top_boxes
 
 FPS = 25
 GOP = 25  # one fragment per second
@@ -203,22 +203,8 @@ def _play(path: Path) -> Played:
     return out
 
 
-def _top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
-    """(type, payload start, end) of the top-level boxes, independently of the module under test."""
-    out, pos = [], 0
-    while pos < len(data):
-        size, box_type = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        assert size >= header and pos + size <= len(data)
-        out.append((box_type, pos + header, pos + size))
-        pos += size
-    return out
-
-
 def _mdats(data: bytes) -> list[bytes]:
-    return [data[start:end] for box_type, start, end in _top_boxes(data) if box_type == b"mdat"]
+    return [data[start:end] for box_type, start, end in top_boxes(data) if box_type == b"mdat"]
 
 
 def _source_mdats(rec: Recording) -> list[bytes]:
@@ -235,7 +221,7 @@ def _sha(chunks: list[bytes]) -> str:
 
 def _check_stream(data: bytes, path: Path, plan: PlaybackPlan, frames: list[int], rec: Recording) -> Played:
     """What every assembled stream must satisfy; ``frames`` are the frame indexes it must show, in order."""
-    boxes = [b[0] for b in _top_boxes(data)]
+    boxes = [b[0] for b in top_boxes(data)]
     assert boxes[:2] == [b"ftyp", b"moov"]
     assert boxes.count(b"ftyp") == 1 and boxes.count(b"moov") == 1
     assert b"mfra" not in boxes  # the sources end with one; its offsets would be wrong here
@@ -456,12 +442,12 @@ def _patch_moofs(path: Path, *, tfdt_v0: bool = False, default_duration: tuple[i
     """Rewrite moof fields in place (sizes unchanged): tfdt as version 0 (32-bit value, padded), or the tfhd
     default_sample_duration of fragment ``default_duration[0]`` of a video-only file."""
     data = bytearray(path.read_bytes())
-    moofs = [(start, end) for box_type, start, end in _top_boxes(bytes(data)) if box_type == b"moof"]
+    moofs = [(start, end) for box_type, start, end in top_boxes(bytes(data)) if box_type == b"moof"]
     for n, (start, end) in enumerate(moofs):
-        for box_type, t_start, t_end in _top_boxes(bytes(data[start:end])):
+        for box_type, t_start, t_end in top_boxes(bytes(data[start:end])):
             if box_type != b"traf":
                 continue
-            for child, c_start, _ in _top_boxes(bytes(data[start + t_start : start + t_end])):
+            for child, c_start, _ in top_boxes(bytes(data[start + t_start : start + t_end])):
                 at = start + t_start + c_start
                 if child == b"tfdt" and tfdt_v0:
                     assert data[at] == 1
@@ -476,12 +462,12 @@ def _patch_moofs(path: Path, *, tfdt_v0: bool = False, default_duration: tuple[i
 
 def _tfdt_versions(data: bytes) -> set[int]:
     versions = set()
-    for box_type, start, end in _top_boxes(data):
+    for box_type, start, end in top_boxes(data):
         if box_type == b"moof":
-            for t_type, t_start, t_end in _top_boxes(data[start:end]):
+            for t_type, t_start, t_end in top_boxes(data[start:end]):
                 if t_type == b"traf":
                     sub = data[start + t_start : start + t_end]
-                    versions |= {sub[c_start] for child, c_start, _ in _top_boxes(sub) if child == b"tfdt"}
+                    versions |= {sub[c_start] for child, c_start, _ in top_boxes(sub) if child == b"tfdt"}
     return versions
 
 

@@ -28,7 +28,7 @@ from storage.reader import SegmentRef
 from storage.remux import ConvenienceFile, convenience_mp4
 from storage.writer import MOVFLAGS
 from tests.support.footage import CLIP_SECONDS, FPS, add_camera, add_segments, clip
-from tests.support.media import ffprobe
+from tests.support.media import ffprobe, top_boxes
 
 T0 = 1_700_000_000_000_000
 FRAME_US = 1_000_000 // FPS
@@ -54,24 +54,11 @@ def archive(runtime: Runtime) -> list[SegmentRef]:
 # --- reading files back ----------------------------------------------------------------------------------------
 
 
-def _top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
-    out, pos = [], 0
-    while pos < len(data):
-        size, box_type = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            size, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
-        assert size >= header and pos + size <= len(data)
-        out.append((box_type, pos + header, pos + size))
-        pos += size
-    return out
-
-
 def _child(data: bytes, path: list[bytes]) -> list[bytes]:
     """Payloads of the boxes at ``path`` (e.g. moov/trak/edts/elst), every match."""
     found = [data]
     for name in path:
-        found = [d[a:b] for d in found for t, a, b in _top_boxes(d) if t == name]
+        found = [d[a:b] for d in found for t, a, b in top_boxes(d) if t == name]
     return found
 
 
@@ -134,7 +121,7 @@ def _check_file(f: ConvenienceFile, start_us: int, end_us: int, total_frames: in
     data = f.path.read_bytes()
     assert f.bytes == len(data) and f.sha256 == hashlib.sha256(data).hexdigest()
     assert (f.first_us, f.end_us) == (start_us, end_us)
-    boxes = [b[0] for b in _top_boxes(data)]
+    boxes = [b[0] for b in top_boxes(data)]
     # A plain MP4 any player opens at once: one moov, before the media, no fragments.
     assert boxes[0] == b"ftyp" and boxes.count(b"moov") == 1 and boxes.index(b"moov") < boxes.index(b"mdat")
     assert b"moof" not in boxes and b"mfra" not in boxes
@@ -205,7 +192,7 @@ def test_an_index_too_big_for_its_reserved_room_falls_back_to_faststart(
     FFmpeg's faststart, and is just as valid (moov before mdat, the same frames)."""
 
     def free_room(f: ConvenienceFile) -> int:
-        return sum(end - body for kind, body, end in _top_boxes(f.path.read_bytes()) if kind == b"free")
+        return sum(end - body for kind, body, end in top_boxes(f.path.read_bytes()) if kind == b"free")
 
     start, end = T0 + 2_300_000, T0 + 7_700_000
     (roomy,) = convenience_mp4(archive, start, end, tmp_path, "roomy")
