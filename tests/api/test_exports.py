@@ -393,3 +393,20 @@ def test_public_keys_and_findings_over_http(api: Api) -> None:
     with httpx.Client(base_url=api.url) as c:
         health = c.get(f"{V1}/health").json()
         assert health["status"] == "degraded" and "integrity_mismatch" in health["alarms"]
+
+
+def test_two_people_means_two_people_and_a_made_bundle_cannot_be_withdrawn(api: Api) -> None:
+    a = api.camera("cam-a", segments=1, unit="Unit A")
+    _people(api)
+    api.user("both", ["officer", "approver"], unit="Unit A")
+    rid = _file(api, "off1", ["cam-a"], a[0], a[0] + SEG_US).json()["id"]
+    with api.client("both") as c:  # co-signs as an officer, then may not approve the same request
+        assert c.post(f"{V1}/exports/{rid}/cosign").status_code == 200
+        assert _code(c.post(f"{V1}/exports/{rid}/approve", json={"reason": "mine"})) == (403, "approval_conflict")
+    with api.client("appr-a") as c:
+        assert c.post(f"{V1}/exports/{rid}/approve", json={"reason": "ok"}).json()["state"] == "approved"
+    with api.client("off1") as c:
+        assert c.post(f"{V1}/exports/{rid}/job").status_code == 202
+    assert _wait_job(api, "off1", rid)["state"] == "done"
+    with api.client("off1") as c:
+        assert _code(c.post(f"{V1}/exports/{rid}/withdraw")) == (409, "export_in_progress")
