@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -45,6 +45,9 @@ from nvr.config import Settings
 from nvr.errors import Kind, NvrError
 from nvr.models import Checkpoint, ExportJob, ExportRequest, Grant, Meta, ReadPin, Segment, SigningKey, User, Volume
 from storage import pins
+
+if TYPE_CHECKING:  # storage.bundle imports PyAV: loaded when a job runs, not with the API
+    from storage.bundle import BundleInput
 
 log = logging.getLogger(__name__)
 STALE_US = 120_000_000
@@ -233,7 +236,7 @@ class ExportRunner(BackgroundLoop):
         )
 
     def _make_bundle(self, job_id: int, progress: _Progress) -> tuple[Any, dict[str, tuple[int, int]]]:
-        from storage.bundle import BundleInput, CameraInput, SegmentInput, write_bundle
+        from storage.bundle import write_bundle
 
         svc = self.services
         settings = svc.settings
@@ -263,8 +266,8 @@ class ExportRunner(BackgroundLoop):
             assert job is not None and r is not None
             signer = keys.active_signer(s, settings.keys_dir)
             job.key_id = signer.key_id
-            database_id = _database_id(s)
-            originals = {c: _rows(s, c, r.window_start_us, r.window_end_us) for c in exports.cameras_of(r)}
+            database_id = database_id_of(s)
+            originals = {c: rows_in(s, c, r.window_start_us, r.window_end_us) for c in exports.cameras_of(r)}
             originals = {c: rows for c, rows in originals.items() if rows}
             if not originals:
                 raise NvrError(Kind.NOT_FOUND, "no_footage", "no footage is left in the window (was it deleted?)")
@@ -280,50 +283,10 @@ class ExportRunner(BackgroundLoop):
             job = s.get(ExportJob, job_id)
             r = s.get(ExportRequest, job.request_id) if job is not None else None
             assert job is not None and r is not None
-            cameras = []
-            per_camera: dict[str, tuple[int, int]] = {}
-            key_ids = {cp.key_id for cp in chosen.values()}
-            for c, rows in originals.items():
-                cp = chosen[c]
-                head = checkpoints.parse_body(cp.body)["cameras"][c]
-                bridge = _bridge(s, c, int(rows[-1]["seq"]), int(head["seq"]))
-                cam = registry.get(s, c)
-                record = {k: v for k, v in registry.public_view(cam).items() if k != "stream_url"}
-                cameras.append(
-                    CameraInput(
-                        id=c,
-                        record=record,
-                        segments=[SegmentInput(path=row.pop("_path"), row=row) for row in rows],
-                        bridge=bridge,
-                        checkpoint_id=cp.id,
-                        gaps=_gaps(rows, r.window_start_us, r.window_end_us),
-                    )
-                )
-                per_camera[c] = (len(rows), sum(int(x["bytes"]) for x in rows))
-            key_rows = list(s.scalars(select(SigningKey).where(SigningKey.key_id.in_(key_ids))))
-            inp = BundleInput(
-                export=_export_section(s, r, job),
-                database_id=database_id,
-                created_us=now,
-                window_start_us=r.window_start_us,
-                window_end_us=r.window_end_us,
-                cameras=cameras,
-                checkpoints=[
-                    {
-                        "id": cp.id,
-                        "created_us": cp.created_us,
-                        "key_id": cp.key_id,
-                        "suite": cp.suite,
-                        "body": cp.body,
-                        "signature": cp.signature,
-                    }
-                    for cp in sorted({cp.id: cp for cp in chosen.values()}.values(), key=lambda x: x.id)
-                ],
-                keys=[
-                    {"key_id": k.key_id, "suite": k.suite, "fingerprint": k.fingerprint, "pem": k.public_key_pem}
-                    for k in key_rows
-                ],
+            inp = bundle_input(
+                s, _export_section(s, r, job), originals, chosen, database_id, (r.window_start_us, r.window_end_us), now
             )
+            per_camera = {c: (len(rows), sum(int(x["bytes"]) for x in rows)) for c, rows in originals.items()}
             dest = settings.exports_dir / f"export-{r.id}-{job.id}.zip"
         work = settings.exports_dir / f"work-{job_id}"
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -334,6 +297,53 @@ class ExportRunner(BackgroundLoop):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return result, per_camera
+
+
+def bundle_input(
+    s: Session,
+    export: dict[str, Any],
+    originals: dict[str, list[dict[str, Any]]],
+    chosen: dict[str, Checkpoint],
+    database_id: str,
+    window: tuple[int, int],
+    created_us: int,
+) -> BundleInput:
+    """What the bundle writer is handed: per camera its original rows (from :func:`rows_in`, their ``_path`` taken
+    out), the bridge rows up to its chosen checkpoint, its registry record; the checkpoints and their keys."""
+    from storage.bundle import BundleInput, CameraInput, SegmentInput
+
+    cameras = []
+    for c, rows in originals.items():
+        cp = chosen[c]
+        head = checkpoints.parse_body(cp.body)["cameras"][c]
+        record = {k: v for k, v in registry.public_view(registry.get(s, c)).items() if k != "stream_url"}
+        cameras.append(
+            CameraInput(
+                id=c,
+                record=record,
+                segments=[SegmentInput(path=row.pop("_path"), row=row) for row in rows],
+                bridge=_bridge(s, c, int(rows[-1]["seq"]), int(head["seq"])),
+                checkpoint_id=cp.id,
+                gaps=_gaps(rows, *window),
+            )
+        )
+    used = sorted({cp.id: cp for cp in chosen.values()}.values(), key=lambda x: x.id)
+    key_rows = s.scalars(select(SigningKey).where(SigningKey.key_id.in_({cp.key_id for cp in used})))
+    return BundleInput(
+        export=export,
+        database_id=database_id,
+        created_us=created_us,
+        window_start_us=window[0],
+        window_end_us=window[1],
+        cameras=cameras,
+        checkpoints=[
+            {f: getattr(cp, f) for f in ("id", "created_us", "key_id", "suite", "body", "signature")} for cp in used
+        ],
+        keys=[
+            {"key_id": k.key_id, "suite": k.suite, "fingerprint": k.fingerprint, "pem": k.public_key_pem}
+            for k in key_rows
+        ],
+    )
 
 
 class _Progress:
@@ -413,12 +423,12 @@ def _principal(u: User) -> Principal:
     return Principal(u.id, u.username, u.full_name, u.unit, parse_roles(u.roles), token_id=0, token_kind="job")  # noqa: S106
 
 
-def _database_id(s: Session) -> str:
+def database_id_of(s: Session) -> str:
     value = s.scalar(select(Meta.value).where(Meta.key == "database_id"))
     return str(value or "")
 
 
-def _rows(s: Session, camera_id: str, start_us: int, end_us: int) -> list[dict[str, Any]]:
+def rows_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[dict[str, Any]]:
     """The segments overlapping the window, oldest first, with every field the manifest and the verifier need."""
     cols = [getattr(Segment, f) for f in _ROW_FIELDS]
     q = (

@@ -252,44 +252,19 @@ def export_job(rt: Any, facts: dict[str, Any], n: int) -> tuple[float, dict[str,
 
 
 def bundle_input(rt: Any, facts: dict[str, Any]) -> tuple[Any, Any]:
-    """The BundleInput the job builds (its own queries), for timing write_bundle alone."""
-    from sqlalchemy import select
-
+    """The BundleInput the job builds (api.export_jobs.bundle_input), for timing write_bundle alone."""
     from api import export_jobs as ej
     from integrity import checkpoints, keys
-    from nvr import registry
-    from nvr.models import Checkpoint, SigningKey
-    from storage.bundle import BundleInput, CameraInput, SegmentInput
+    from nvr.models import Checkpoint
 
     with rt.db.session() as s:
         signer = keys.active_signer(s, rt.settings.keys_dir)
-        rows = ej._rows(s, CAMERA, facts["first_us"], facts["end_us"])
+        rows = ej.rows_in(s, CAMERA, facts["first_us"], facts["end_us"])
         cp = checkpoints.covering(s, CAMERA, int(rows[-1]["seq"]))
         assert isinstance(cp, Checkpoint)
-        head = checkpoints.parse_body(cp.body)["cameras"][CAMERA]
-        bridge = ej._bridge(s, CAMERA, int(rows[-1]["seq"]), int(head["seq"]))
-        record = {k: v for k, v in registry.public_view(registry.get(s, CAMERA)).items() if k != "stream_url"}
-        key = s.scalars(select(SigningKey).where(SigningKey.key_id == cp.key_id)).one()
-        inp = BundleInput(
-            export={"purpose": "benchmark"},
-            database_id=ej._database_id(s),
-            created_us=rt.clock.now_us(),
-            window_start_us=facts["first_us"],
-            window_end_us=facts["end_us"],
-            cameras=[
-                CameraInput(
-                    id=CAMERA,
-                    record=record,
-                    segments=[SegmentInput(path=r.pop("_path"), row=r) for r in rows],
-                    bridge=bridge,
-                    checkpoint_id=cp.id,
-                    gaps=[],
-                )
-            ],
-            checkpoints=[{k: getattr(cp, k) for k in ("id", "created_us", "key_id", "suite", "body", "signature")}],
-            keys=[
-                {"key_id": key.key_id, "suite": key.suite, "fingerprint": key.fingerprint, "pem": key.public_key_pem}
-            ],
+        window = (facts["first_us"], facts["end_us"])
+        inp = ej.bundle_input(
+            s, {"purpose": "benchmark"}, {CAMERA: rows}, {CAMERA: cp}, ej.database_id_of(s), window, rt.clock.now_us()
         )
     return inp, signer
 
