@@ -18,6 +18,7 @@ from sqlalchemy import select
 from nvr.clock import iso
 from nvr.models import AuditEvent, ReadPin, Segment, Volume
 from tests.api.conftest import DAY_US, Api
+from tests.support.footage import segment_path
 
 SEG_US = 2_000_000  # tests.support.footage writes 2 s segments
 V1 = "/api/v1"
@@ -304,13 +305,7 @@ def test_a_segment_whose_hash_no_longer_matches_stops_the_export(api: Api) -> No
     a = api.camera("cam-a", segments=3, unit="Unit A")
     _people(api)
     rid = _approved(api, ["cam-a"], a[0], a[0] + 3 * SEG_US)
-    with api.rt.db.session() as s:
-        vp, rp = s.execute(
-            select(Volume.path, Segment.rel_path)
-            .join(Volume, Volume.id == Segment.volume_id)
-            .where(Segment.camera_id == "cam-a", Segment.seq == 2)
-        ).one()
-    damaged = Path(vp) / rp
+    damaged = segment_path(api.rt, "cam-a", 2)
     data = bytearray(damaged.read_bytes())
     data[len(data) // 2] ^= 0x01
     damaged.write_bytes(bytes(data))

@@ -7,8 +7,6 @@ pauses it asks for, not on wall time.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import select, update
@@ -16,23 +14,13 @@ from sqlalchemy import select, update
 from integrity.scrubber import Scrubber, load_state, metric_families
 from integrity.verify_archive import open_findings
 from nvr.clock import FakeClock
-from nvr.models import AuditEvent, IntegrityFinding, RetentionPolicy, Segment, Volume
+from nvr.models import AuditEvent, IntegrityFinding, RetentionPolicy
 from nvr.runtime import Runtime
 from retention.sweeper import Sweeper
 from storage.alarms import storage_alarms
-from tests.support.footage import add_camera, add_segments, clip
+from tests.support.footage import add_camera, add_segments, clip, segment_path
 
 T0 = 1_700_000_000_000_000
-
-
-def _path(rt: Runtime, camera_id: str, seq: int) -> Path:
-    with rt.db.session() as s:
-        row = s.execute(
-            select(Volume.path, Segment.rel_path)
-            .join(Volume, Volume.id == Segment.volume_id)
-            .where(Segment.camera_id == camera_id, Segment.seq == seq)
-        ).one()
-    return Path(row[0]) / row[1]
 
 
 def _events(rt: Runtime, action: str) -> list[AuditEvent]:
@@ -49,7 +37,7 @@ def test_a_flipped_byte_is_found_once_alarmed_and_resolved_when_fixed(runtime: R
     rt = runtime
     add_camera(rt, "cam1")
     add_segments(rt, "cam1", T0, 3)
-    path = _path(rt, "cam1", 2)
+    path = segment_path(rt, "cam1", 2)
     good = path.read_bytes()
     bad = bytearray(good)
     bad[100] ^= 0xFF
@@ -111,7 +99,7 @@ def test_the_thread_scrubs_a_missing_file_and_the_metrics_show_it(runtime: Runti
     rt = runtime
     add_camera(rt, "cam1")
     add_segments(rt, "cam1", T0, 2)
-    _path(rt, "cam1", 1).unlink()
+    segment_path(rt, "cam1", 1).unlink()
     scrubber = _scrubber(rt, [])
     scrubber.start()
     try:
@@ -138,7 +126,7 @@ def test_a_finding_of_a_segment_the_sweeper_deleted_is_resolved(runtime: Runtime
     rt = runtime
     add_camera(rt, "cam1")
     add_segments(rt, "cam1", T0, 2)
-    _path(rt, "cam1", 1).unlink()
+    segment_path(rt, "cam1", 1).unlink()
     scrubber = _scrubber(rt, [])
     scrubber.run_pass()
     with rt.db.session() as s:

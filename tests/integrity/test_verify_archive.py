@@ -23,7 +23,7 @@ from nvr.models import AuditEvent, Checkpoint, RetentionPolicy, Segment, Segment
 from nvr.runtime import Runtime
 from retention.sweeper import Sweeper
 from storage import catalog, layout
-from tests.support.footage import CLIP_SECONDS, FPS, add_camera, add_segments, clip
+from tests.support.footage import CLIP_SECONDS, FPS, add_camera, add_segments, clip, segment_path
 
 DAY = 86_400_000_000
 T0 = 1_700_000_000_000_000
@@ -33,16 +33,6 @@ SEG = CLIP_SECONDS * 1_000_000
 # --- helpers -----------------------------------------------------------------------------------------------------
 def _named(report: Report) -> set[tuple[str, str | None, int | None]]:
     return {(p.kind, p.camera_id, p.seq) for p in report.problems}
-
-
-def _path(rt: Runtime, camera_id: str, seq: int) -> Path:
-    with rt.db.session() as s:
-        row = s.execute(
-            select(Volume.path, Segment.rel_path)
-            .join(Volume, Volume.id == Segment.volume_id)
-            .where(Segment.camera_id == camera_id, Segment.seq == seq)
-        ).one()
-    return Path(row[0]) / row[1]
 
 
 def _archive(rt: Runtime) -> None:
@@ -92,7 +82,7 @@ def test_an_intact_archive_has_no_problems_and_every_byte_is_rehashed(runtime: R
     _checkpoint(rt)
     add_segments(rt, "cam1", T0 + 5 * SEG, 2)  # recorded after the checkpoint: still fine
     # Files of a segment being written are not unknown files.
-    d = _path(rt, "cam1", 1).parent
+    d = segment_path(rt, "cam1", 1).parent
     (d / "0001800000000000000.mp4.partial").write_bytes(b"being written")
     (d / "0001800000000000000.json").write_text("{}")
     report = verify_archive(rt.db)
@@ -120,7 +110,7 @@ def test_tombstones_of_a_real_sweep_are_not_missing_rows(runtime: Runtime) -> No
 def test_a_flipped_byte_is_a_hash_mismatch(runtime: Runtime) -> None:
     rt = runtime
     _archive(rt)
-    path = _path(rt, "cam2", 3)
+    path = segment_path(rt, "cam2", 3)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -133,7 +123,7 @@ def test_a_flipped_byte_is_a_hash_mismatch(runtime: Runtime) -> None:
 def test_a_deleted_segment_file_is_a_missing_file(runtime: Runtime) -> None:
     rt = runtime
     _archive(rt)
-    _path(rt, "cam1", 4).unlink()
+    segment_path(rt, "cam1", 4).unlink()
     report = verify_archive(rt.db)
     assert _named(report) == {("missing_file", "cam1", 4)}
     assert report.problems[0].at_us == T0 + 3 * SEG
@@ -142,7 +132,7 @@ def test_a_deleted_segment_file_is_a_missing_file(runtime: Runtime) -> None:
 def test_a_deleted_segment_row_is_a_missing_row(runtime: Runtime) -> None:
     rt = runtime
     _archive(rt)
-    path = _path(rt, "cam1", 3)
+    path = segment_path(rt, "cam1", 3)
     with rt.db.session() as s:
         s.execute(delete(Segment).where(Segment.camera_id == "cam1", Segment.seq == 3))
     report = verify_archive(rt.db)
@@ -182,7 +172,7 @@ def test_a_segment_file_swapped_for_another_valid_segment_is_a_hash_mismatch(run
     add_camera(rt, "cam1")
     _distinct_segments(rt, "cam1", T0, 4)
     assert verify_archive(rt.db).problems == []
-    a, b = _path(rt, "cam1", 2), _path(rt, "cam1", 3)
+    a, b = segment_path(rt, "cam1", 2), segment_path(rt, "cam1", 3)
     tmp = a.with_name("swap")
     os.rename(a, tmp)
     os.rename(b, a)
@@ -250,7 +240,7 @@ def test_cli_verify_exit_codes_and_json(runtime: Runtime, nvr_env: dict[str, str
     data = json.loads(out.stdout)
     assert data["ok"] is True and data["segments"] == 10 and data["problems"] == []
 
-    _path(rt, "cam2", 5).unlink()
+    segment_path(rt, "cam2", 5).unlink()
     out = subprocess.run([*nvr, "--no-progress", "--record"], env=nvr_env, capture_output=True, text=True)
     assert out.returncode == 1, out.stderr
     first = out.stdout.splitlines()[0].split()

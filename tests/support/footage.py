@@ -15,7 +15,7 @@ import av
 from sqlalchemy import select
 
 from nvr import registry
-from nvr.models import Volume
+from nvr.models import Segment, Volume
 from nvr.runtime import Runtime
 from storage import catalog, layout
 from storage.writer import MOVFLAGS
@@ -99,3 +99,14 @@ def add_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> list
             )
             starts.append(t)
     return starts
+
+
+def segment_path(rt: Runtime, camera_id: str, seq: int) -> Path:
+    """The file of a camera's segment ``seq``, as the catalogue names it (volume path + relative path)."""
+    with rt.db.session() as s:
+        row = s.execute(
+            select(Volume.path, Segment.rel_path)
+            .join(Volume, Volume.id == Segment.volume_id)
+            .where(Segment.camera_id == camera_id, Segment.seq == seq)
+        ).one()
+    return Path(row[0]) / row[1]
