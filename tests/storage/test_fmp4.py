@@ -12,7 +12,6 @@ import math
 import os
 import struct
 import tracemalloc
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import av.logging
 import pytest
 
 from storage.fmp4 import Fmp4Error, Scan, scan, truncate_to_complete
+from tests.support.media import mux_tone
 
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 WIDTH, HEIGHT, FPS, GOP, FRAMES = 160, 90, 25, 10, 75  # 3 s, 8 fragments (7 full GOPs + 5 frames)
@@ -62,19 +62,8 @@ def _write(path: Path, with_audio: bool) -> Sample:
                 video_packets += 1
             if a is not None:
                 # Keep audio roughly in step with video so fragments interleave both tracks.
-                size = a.codec_context.frame_size or 1024
-                while audio_t < (i + 1) * AUDIO_RATE // FPS:
-                    af = av.AudioFrame(format="fltp", layout="mono", samples=size)
-                    af.sample_rate = AUDIO_RATE
-                    tone = array(
-                        "f", (0.3 * math.sin(2 * math.pi * 440 * (audio_t + j) / AUDIO_RATE) for j in range(size))
-                    )
-                    af.planes[0].update(tone.tobytes())
-                    af.pts = audio_t
-                    audio_t += size
-                    for packet in a.encode(af):
-                        out.mux(packet)
-                        audio_packets += 1
+                audio_t, muxed = mux_tone(out, a, audio_t, (i + 1) * AUDIO_RATE // FPS, AUDIO_RATE)
+                audio_packets += muxed
         for packet in v.encode():
             out.mux(packet)
             video_packets += 1

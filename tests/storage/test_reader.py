@@ -8,10 +8,8 @@ tell exactly which frames were served: none lost, none repeated, the right first
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import struct
-from array import array
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import pairwise
@@ -26,7 +24,7 @@ from storage.fmp4 import scan
 from storage.reader import GapInfo, PlaybackPlan, SegmentRef, iter_playback, plan_playback
 from storage.volumes import VolumeInfo
 from storage.writer import SegmentWriter
-from tests.support.media import ffprobe, top_boxes
+from tests.support.media import ffprobe, mux_tone, top_boxes
 
 FPS = 25
 GOP = 25  # one fragment per second
@@ -92,15 +90,7 @@ def _encode(path: Path, frames: int, width: int, height: int, audio: bool) -> No
             out.mux(v.encode(_frame(i, width, height)))
             if a is None:
                 continue
-            size = a.codec_context.frame_size or 1024
-            while audio_t < (i + 1) * AUDIO_RATE // FPS:
-                af = av.AudioFrame(format="fltp", layout="mono", samples=size)
-                af.sample_rate = AUDIO_RATE
-                tone = (0.3 * math.sin(2 * math.pi * 440 * (audio_t + j) / AUDIO_RATE) for j in range(size))
-                af.planes[0].update(array("f", tone).tobytes())
-                af.pts = audio_t
-                audio_t += size
-                out.mux(a.encode(af))
+            audio_t, _ = mux_tone(out, a, audio_t, (i + 1) * AUDIO_RATE // FPS, AUDIO_RATE)
         out.mux(v.encode())
         if a is not None:
             out.mux(a.encode())

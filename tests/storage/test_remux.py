@@ -9,10 +9,8 @@ by PyAV, decoding by PyAV (anything FFmpeg logs fails the test) and by the syste
 from __future__ import annotations
 
 import hashlib
-import math
 import shutil
 import struct
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from storage.reader import SegmentRef
 from storage.remux import ConvenienceFile, convenience_mp4
 from storage.writer import MOVFLAGS
 from tests.support.footage import CLIP_SECONDS, FPS, add_camera, add_segments, clip
-from tests.support.media import ffprobe, top_boxes
+from tests.support.media import ffprobe, mux_tone, top_boxes
 
 T0 = 1_700_000_000_000_000
 FRAME_US = 1_000_000 // FPS
@@ -357,15 +355,7 @@ def _av_clip(path: Path) -> None:
                 plane.update(bytes(((x + i * 4) % 256) for x in range(plane.buffer_size)))
             frame.pts = i
             out.mux(v.encode(frame))
-            size = a.codec_context.frame_size or 1024
-            while audio_t < (i + 1) * AUDIO_RATE // FPS:
-                af = av.AudioFrame(format="fltp", layout="mono", samples=size)
-                af.sample_rate = AUDIO_RATE
-                tone = (0.3 * math.sin(2 * math.pi * 440 * (audio_t + j) / AUDIO_RATE) for j in range(size))
-                af.planes[0].update(array("f", tone).tobytes())
-                af.pts = audio_t
-                audio_t += size
-                out.mux(a.encode(af))
+            audio_t, _ = mux_tone(out, a, audio_t, (i + 1) * AUDIO_RATE // FPS, AUDIO_RATE)
         out.mux(v.encode())
         out.mux(a.encode())
 

@@ -1,12 +1,17 @@
 """Checking media independently of the code under test: the system's ffprobe (another FFmpeg build than PyAV's)
-and a walk over an MP4's top-level boxes."""
+a walk over an MP4's top-level boxes, and the test tone the audio tracks of test clips carry."""
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 import subprocess
+from array import array
 from pathlib import Path
+from typing import Any
+
+import av
 
 
 def ffprobe(path: Path) -> dict:
@@ -34,3 +39,22 @@ def top_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
         out.append((box_type, pos + header, pos + size))
         pos += size
     return out
+
+
+def mux_tone(out: Any, stream: Any, audio_t: int, until: int, rate: int) -> tuple[int, int]:
+    """Encode a 440 Hz mono tone into ``stream`` (AAC, planar float) from sample ``audio_t`` until at least sample
+    ``until`` and mux it into ``out``, so audio keeps in step with the video; returns (next sample, packets muxed)."""
+    size = stream.codec_context.frame_size or 1024
+    packets = 0
+    while audio_t < until:
+        af = av.AudioFrame(format="fltp", layout="mono", samples=size)
+        af.sample_rate = rate
+        af.planes[0].update(
+            array("f", (0.3 * math.sin(2 * math.pi * 440 * (audio_t + j) / rate) for j in range(size))).tobytes()
+        )
+        af.pts = audio_t
+        audio_t += size
+        for packet in stream.encode(af):
+            out.mux(packet)
+            packets += 1
+    return audio_t, packets
