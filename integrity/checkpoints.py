@@ -101,6 +101,16 @@ def make_checkpoint(session: Session, signer: signing.Signer, now_us: int, datab
     return row
 
 
+def sign_checkpoint(db: Database, settings: Settings, clock: Clock) -> Checkpoint:
+    """Sign and commit one checkpoint now (what every server start does), creating the first key if there is none."""
+    database_id = db.database_id()
+    with db.session() as s:
+        keys.ensure_key(s, settings.keys_dir, clock.now_us())
+    with db.session() as s:
+        row = make_checkpoint(s, keys.active_signer(s, settings.keys_dir), clock.now_us(), database_id)
+    return row
+
+
 # --- reading and verifying --------------------------------------------------------------------------------------
 def parse_body(text: str) -> dict[str, Any]:
     """The body as a dict; ``checkpoint_invalid`` (DATA_LOSS) when it is not a checkpoint body of this version."""

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from integrity import audit_log, signing
 from integrity.signing import DEFAULT_SUITE
+from nvr.config import Settings
 from nvr.errors import Kind, NvrError
 from nvr.models import SigningKey
 
@@ -74,6 +75,11 @@ def public_keys(session: Session) -> list[SigningKey]:
 
 def public_key_map(session: Session) -> dict[str, SigningKey]:
     return {k.key_id: k for k in public_keys(session)}
+
+
+def trusted_keys(session: Session, settings: Settings) -> dict[str, SigningKey]:
+    """The keys checkpoints and bundles may be signed by, by key id: those pinned outside the database."""
+    return public_key_map(session)
 
 
 def get_key(session: Session, key_id: str) -> SigningKey:

@@ -7,6 +7,7 @@ Unknown keys are refused at start-up with the key named, in the file and in the 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,16 @@ class Settings(BaseSettings):
 
     checkpoint_interval_minutes: float = Field(default=10.0, gt=0, le=1440)
     """How often the server writes a signed checkpoint of every camera's chain head and the audit log's head."""
+    trusted_key_fingerprints: list[str] = Field(default_factory=list)
+    """Signing-key fingerprints trusted from outside the data folder (SHA-256 of the public key's DER, as
+    ``nvr keys list`` prints them). Checkpoints and bundles verify only with keys pinned in ``<data_dir>/keys``'s key
+    log or listed here; a key log whose first key is not listed is refused when this is set."""
+    checkpoint_witness_path: Path | None = None
+    """A file (best on another volume or host) each signed checkpoint is appended to as one JSON line, besides the
+    witness kept in the keys folder; ``nvr verify`` checks the database's checkpoints against every witness."""
+    clock_tolerance_minutes: float = Field(default=60.0, gt=0, le=7 * 24 * 60)
+    """How far the wall clock may run ahead of the trusted time (the newest signed checkpoint plus the monotonic
+    time elapsed since it was read) before ``clock_untrusted`` is raised and the sweeper deletes nothing."""
     scrub_read_mb_per_second: float = Field(default=20.0, ge=0, le=10_000)
     """Read rate of the background scrubber that re-hashes segments (MB = 10^6 bytes); 0 turns it off."""
     scrub_pass_interval_hours: float = Field(default=24.0, gt=0, le=24 * 365)
@@ -112,6 +123,17 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @field_validator("trusted_key_fingerprints")
+    @classmethod
+    def _fingerprints(cls, value: list[str]) -> list[str]:
+        out = []
+        for fp in value:
+            t = re.sub(r"[\s:]", "", fp.strip().lower().removeprefix("sha256:"))
+            if not re.fullmatch(r"[0-9a-f]{64}", t):
+                raise ValueError(f"{fp!r} is not a key fingerprint (64 hex digits, as 'nvr keys list' prints it)")
+            out.append(t)
+        return out
 
     @field_validator("demo_width", "demo_height")
     @classmethod

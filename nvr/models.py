@@ -436,13 +436,34 @@ class Checkpoint(Base):
     the canonical JSON that was signed, byte for byte; ``signature`` its hex signature by ``key_id``."""
 
     __tablename__ = "checkpoints"
-    __table_args__ = (Index("ix_checkpoints_created", "created_us"),)
+    __table_args__ = (
+        Index("ix_checkpoints_created", "created_us"),
+        Index("ux_checkpoints_seq", "seq", unique=True),
+    )
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     created_us: Mapped[int] = mapped_column(BigInteger)
     key_id: Mapped[str] = mapped_column(ForeignKey("signing_keys.key_id", name="fk_checkpoints_key"))
     suite: Mapped[str] = mapped_column(String(40))
     body: Mapped[str] = mapped_column(Text)
     signature: Mapped[str] = mapped_column(Text)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """1, 2, 3, ... without holes, in creation order; version 2 bodies sign it."""
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the previous checkpoint's body (None for the first); version 2 bodies sign it."""
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of ``body``: what the next checkpoint's ``prev_hash`` names."""
+
+
+class CameraChainHead(Base):
+    """The newest seq and link ever issued in a camera's chain, kept apart from the rows: deleting the newest rows
+    (or their tombstones) never lets the recorder issue their sequence numbers again (storage.catalog)."""
+
+    __tablename__ = "camera_chain_heads"
+    camera_id: Mapped[str] = mapped_column(
+        ForeignKey("cameras.id", name="fk_camera_chain_heads_camera"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    link: Mapped[str] = mapped_column(String(64))
 
 
 class ExportRequest(Base):
