@@ -34,7 +34,7 @@ from pathlib import Path
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from integrity import audit_log, signing
+from integrity import audit_log, keylog, signing
 from integrity.signing import DEFAULT_SUITE
 from nvr.config import Settings
 from nvr.errors import Kind, NvrError
@@ -77,9 +77,26 @@ def public_key_map(session: Session) -> dict[str, SigningKey]:
     return {k.key_id: k for k in public_keys(session)}
 
 
-def trusted_keys(session: Session, settings: Settings) -> dict[str, SigningKey]:
+def pinned(session: Session, settings: Settings) -> keylog.PinnedKeys:
+    """The key log checked from its root, plus keys whose fingerprint ``trusted_key_fingerprints`` names (their
+    public key may come from the database: the fingerprint, given out of band, is what pins it)."""
+    out = keylog.load(settings.keys_dir, settings.trusted_key_fingerprints)
+    wanted = set(settings.trusted_key_fingerprints) - {k.fingerprint for k in out.keys.values()}
+    if wanted:
+        for row in public_keys(session):
+            with contextlib.suppress(NvrError):
+                info = signing.public_key_info(row.suite, row.public_key_pem)
+                if info.fingerprint in wanted:
+                    out.keys[info.key_id] = keylog.TrustedKey(
+                        info.key_id, info.fingerprint, row.suite, info.pem, int(row.created_us), 0
+                    )
+                    out.untrusted.pop(info.key_id, None)
+    return out
+
+
+def trusted_keys(session: Session, settings: Settings) -> dict[str, keylog.TrustedKey]:
     """The keys checkpoints and bundles may be signed by, by key id: those pinned outside the database."""
-    return public_key_map(session)
+    return pinned(session, settings).keys
 
 
 def get_key(session: Session, key_id: str) -> SigningKey:
@@ -158,6 +175,7 @@ def ensure_key(
         row = active_key(session)  # another process may have made it while this one waited
     if row is not None:
         _load(row, keys_dir)
+        ensure_log(session, keys_dir)
         return row
     row = _create(session, keys_dir, now_us, suite)
     audit_log.record(
@@ -194,7 +212,11 @@ def rotate(
         raise NvrError(
             Kind.FAILED_PRECONDITION, "no_signing_key", "there is no signing key to rotate yet: run 'nvr init'"
         )
-    new = _create(session, keys_dir, now_us, suite or old.suite)
+    previous: signing.Signer | None = None
+    with contextlib.suppress(NvrError):  # a lost private key makes the new key a reroot, pinned only by settings
+        previous = _load(old, keys_dir)
+        ensure_log(session, keys_dir)
+    new = _create(session, keys_dir, now_us, suite or old.suite, previous)
     session.execute(
         update(SigningKey)
         .where(SigningKey.retired_us.is_(None), SigningKey.key_id != new.key_id)
@@ -218,6 +240,38 @@ def rotate(
     return old, new
 
 
+def ensure_log(session: Session, keys_dir: Path) -> bool:
+    """Start the pinned key log of a server made before it existed: the active key (its private file must be
+    there) as genesis, then every older public key file in the keys folder vouched for by it. Returns True if it
+    wrote the log. The folder, not the database, says which keys were ours: rows without a file are not pinned."""
+    with keylog.locked(keys_dir):
+        if keylog.read_lines(keys_dir):
+            return False
+        row = active_key(session)
+        if row is None:
+            return False
+        return _start_log(session, keys_dir, row)
+
+
+def _start_log(session: Session, keys_dir: Path, row: SigningKey) -> bool:
+    active = _load(row, keys_dir)
+    keylog.append_key(keys_dir, active, int(row.created_us), action="genesis")
+    created = {k.key_id: int(k.created_us) for k in public_keys(session)}
+    for pub in sorted(keys_dir.glob("*.pub.pem")):
+        kid = pub.name.removesuffix(".pub.pem")
+        if kid == active.key_id:
+            continue
+        try:
+            info = signing.public_key_info(row.suite, pub.read_bytes())
+        except (OSError, NvrError) as exc:
+            log.warning("key log: not pinning %s: %s", pub, exc)
+            continue
+        keylog.import_key(keys_dir, info, created.get(info.key_id, 0), active)
+    _fsync_dir(keys_dir)
+    log.info("started the pinned key log %s with key %s", keylog.path(keys_dir), active.key_id)
+    return True
+
+
 def purge_retired(session: Session, keys_dir: Path) -> list[str]:
     """Delete the private files of retired keys (call after the rotation committed); returns their key ids.
     Public files and rows stay."""
@@ -234,12 +288,17 @@ def purge_retired(session: Session, keys_dir: Path) -> list[str]:
     return removed
 
 
-def _create(session: Session, keys_dir: Path, now_us: int, suite: str) -> SigningKey:
+def _create(
+    session: Session, keys_dir: Path, now_us: int, suite: str, previous: signing.Signer | None = None
+) -> SigningKey:
+    """A new key: private and public files, then its record in the pinned key log (genesis for the first key,
+    countersigned by ``previous`` on a rotation, a reroot when the previous private key is lost), then its row."""
     private_pem, signer = signing.generate(suite)
     info = signer.public
     _ensure_dir(keys_dir)
     _write_new(private_path(keys_dir, info.key_id), private_pem, PRIVATE_MODE)
     _write_new(public_path(keys_dir, info.key_id), info.pem.encode("ascii"), PUBLIC_MODE, replace=True)
+    keylog.append_key(keys_dir, signer, now_us, previous)
     _fsync_dir(keys_dir)
     row = SigningKey(
         key_id=info.key_id,

@@ -44,7 +44,12 @@ def keys_list(as_json: JsonOpt = False) -> None:
 
     rt = _runtime()
     with rt.db.session() as s:
+        pinned = keys.pinned(s, rt.settings)
         rows = [_row(k) for k in keys.public_keys(s)]
+    for r in rows:
+        r["pinned"] = r["key_id"] in pinned.keys
+        if not r["pinned"]:
+            r["not_pinned_why"] = pinned.untrusted.get(r["key_id"], "not in the key log")
     if not rows:
         human = "no signing key yet: 'nvr init' (or 'nvr keys rotate') creates one"
     else:
@@ -52,13 +57,16 @@ def keys_list(as_json: JsonOpt = False) -> None:
         for r in rows:
             mark = "*" if r["active"] else " "
             state = "active" if r["active"] else f"retired {r['retired']}"
+            pin = "pinned" if r["pinned"] else f"NOT PINNED ({r['not_pinned_why']})"
             lines += [
-                f"{mark} {r['key_id']}  {r['suite']}  created {r['created']}  {state}",
+                f"{mark} {r['key_id']}  {r['suite']}  created {r['created']}  {state}  {pin}",
                 f"    fingerprint {r['fingerprint']}",
                 f"                {r['fingerprint_groups']}",
             ]
         human = "\n".join(lines)
-    _emit({"keys": rows}, as_json, human)
+    if pinned.problems:
+        human += "\nkey log problems:\n" + "\n".join(f"  {p}" for p in pinned.problems)
+    _emit({"keys": rows, "key_log_problems": pinned.problems}, as_json, human)
 
 
 @keys_app.command("rotate")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from integrity import audit_log, keys, signing
+from integrity import audit_log, keylog, keys, signing
 from nvr.errors import Kind, NvrError
 from nvr.models import AuditEvent
 from nvr.runtime import Runtime
@@ -201,8 +201,13 @@ def test_cli_list_rotate_export(nvr_env: dict[str, str], tmp_path: Path) -> None
     assert out.returncode != 0 and "key_unknown" in out.stderr and "BEGIN" not in out.stdout
 
     assert sorted(p.name for p in kd.iterdir()) == sorted(
-        [f"{old['key_id']}.pub.pem", f"{new['key_id']}.pub.pem", f"{new['key_id']}.key"]
+        [f"{old['key_id']}.pub.pem", f"{new['key_id']}.pub.pem", f"{new['key_id']}.key", "keylog.jsonl", "keylog.lock"]
     )
+    # The rotation is pinned in the key log, countersigned by the old key: both keys are trusted from its root.
+    pinned = keylog.load(kd)
+    assert pinned.problems == []
+    assert [r["action"] for r in map(lambda x: json.loads(x["body"]), pinned.records)] == ["genesis", "rotate"]
+    assert set(pinned.keys) == {old["key_id"], new["key_id"]}
 
 
 def test_processes_starting_together_make_one_key(runtime: Runtime) -> None:
