@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +38,13 @@ from api.context import Services
 from api.footage import TOUCH_US
 from api.people import Principal, user_actor
 from api.roles import parse_roles
-from integrity import chain, checkpoints, keys
+from integrity import chain, checkpoints, keys, trusted_time, witness
 from nvr import registry
 from nvr.background import BackgroundLoop
 from nvr.clock import iso
 from nvr.config import Settings
 from nvr.errors import Kind, NvrError
-from nvr.models import Checkpoint, ExportJob, ExportRequest, Grant, Meta, ReadPin, Segment, SigningKey, User, Volume
+from nvr.models import Checkpoint, ExportJob, ExportRequest, Grant, Meta, ReadPin, Segment, User, Volume
 from storage import pins
 
 if TYPE_CHECKING:  # storage.bundle imports PyAV: loaded when a job runs, not with the API
@@ -121,8 +122,16 @@ class ExportRunner(BackgroundLoop):
                 )
 
     def expire_bundles(self) -> None:
+        """Delete the bundles whose lifetime ended by the trusted time (integrity.trusted_time); none at all while
+        the wall clock runs ahead of it (``clock_untrusted``): a bundle is kept longer, never deleted early."""
         svc = self.services
-        now = svc.clock.now_us()
+        trusted = trusted_time.shared(svc.db, svc.settings, svc.clock)
+        trusted.refresh()
+        clock = trusted.status()
+        trusted.record_state(clock)
+        if not clock.trusted:
+            return
+        now = trusted.now_us()
         with svc.db.session() as s:
             due = list(s.scalars(select(ExportJob).where(ExportJob.state == "done", ExportJob.expires_us <= now)))
             for job in due:
@@ -273,10 +282,17 @@ class ExportRunner(BackgroundLoop):
                 raise NvrError(Kind.NOT_FOUND, "no_footage", "no footage is left in the window (was it deleted?)")
             _check_space(settings, sum(int(x["bytes"]) for rows in originals.values() for x in rows))
             chosen: dict[str, Checkpoint] = {}
+            trusted = keys.trusted_keys(s, settings)
             for c, rows in originals.items():
-                cp = checkpoints.covering(s, c, int(rows[-1]["seq"]))
+                cp = checkpoints.covering(s, c, int(rows[-1]["seq"]), trusted)
                 if cp is None:
-                    cp = checkpoints.make_checkpoint(s, signer, svc.clock.now_us(), database_id)
+                    cp = checkpoints.make_checkpoint(
+                        s,
+                        signer,
+                        trusted_time.shared(svc.db, svc.settings, svc.clock).checkpoint_time_us(),
+                        database_id,
+                        continue_from=witness.continue_from(settings),
+                    )
                 chosen[c] = cp
                 s.add(_pin(job, job.started_by, c, r.window_end_us, max(cp.created_us, r.window_end_us + 1), now))
         with svc.db.session() as s:
@@ -284,7 +300,14 @@ class ExportRunner(BackgroundLoop):
             r = s.get(ExportRequest, job.request_id) if job is not None else None
             assert job is not None and r is not None
             inp = bundle_input(
-                s, _export_section(s, r, job), originals, chosen, database_id, (r.window_start_us, r.window_end_us), now
+                s,
+                _export_section(s, r, job),
+                originals,
+                chosen,
+                database_id,
+                (r.window_start_us, r.window_end_us),
+                now,
+                trusted,
             )
             per_camera = {c: (len(rows), sum(int(x["bytes"]) for x in rows)) for c, rows in originals.items()}
             dest = settings.exports_dir / f"export-{r.id}-{job.id}.zip"
@@ -307,6 +330,7 @@ def bundle_input(
     database_id: str,
     window: tuple[int, int],
     created_us: int,
+    trusted: Mapping[str, Any],
 ) -> BundleInput:
     """What the bundle writer is handed: per camera its original rows (from :func:`rows_in`, their ``_path`` taken
     out), the bridge rows up to its chosen checkpoint, its registry record; the checkpoints and their keys."""
@@ -328,7 +352,16 @@ def bundle_input(
             )
         )
     used = sorted({cp.id: cp for cp in chosen.values()}.values(), key=lambda x: x.id)
-    key_rows = s.scalars(select(SigningKey).where(SigningKey.key_id.in_({cp.key_id for cp in used})))
+    # Only pinned keys (integrity.keys.trusted_keys) go into a bundle: a key row inserted into the database must
+    # never be vouched for by the manifest the server signs.
+    missing = sorted({cp.key_id for cp in used} - set(trusted))
+    if missing:
+        raise NvrError(
+            Kind.DATA_LOSS,
+            "checkpoint_key_untrusted",
+            f"checkpoint key(s) {', '.join(missing)} are not pinned in the key log; refusing to build a bundle on them",
+        )
+    key_rows = [trusted[k] for k in sorted({cp.key_id for cp in used})]
     return BundleInput(
         export=export,
         database_id=database_id,

@@ -260,11 +260,19 @@ def bundle_input(rt: Any, facts: dict[str, Any]) -> tuple[Any, Any]:
     with rt.db.session() as s:
         signer = keys.active_signer(s, rt.settings.keys_dir)
         rows = ej.rows_in(s, CAMERA, facts["first_us"], facts["end_us"])
-        cp = checkpoints.covering(s, CAMERA, int(rows[-1]["seq"]))
+        trusted = keys.trusted_keys(s, rt.settings)
+        cp = checkpoints.covering(s, CAMERA, int(rows[-1]["seq"]), trusted)
         assert isinstance(cp, Checkpoint)
         window = (facts["first_us"], facts["end_us"])
         inp = ej.bundle_input(
-            s, {"purpose": "benchmark"}, {CAMERA: rows}, {CAMERA: cp}, ej.database_id_of(s), window, rt.clock.now_us()
+            s,
+            {"purpose": "benchmark"},
+            {CAMERA: rows},
+            {CAMERA: cp},
+            ej.database_id_of(s),
+            window,
+            rt.clock.now_us(),
+            trusted,
         )
     return inp, signer
 
@@ -318,7 +326,7 @@ def time_verify(rt: Any) -> tuple[float, dict[str, Any]]:
     from integrity.verify_archive import verify_archive
 
     t = time.perf_counter()
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     seconds = time.perf_counter() - t
     if not report.ok:
         raise SystemExit(f"verify found problems: {[p.line() for p in report.problems]}")

@@ -441,8 +441,8 @@ class _Verifier:
                 problems.append(f"signature cannot be checked: {getattr(exc, 'message', exc)}")
         try:
             body = json.loads(cp["body"])
-            if not isinstance(body, dict) or body.get("type") != "nvr-checkpoint" or body.get("v") != 1:
-                problems.append("body is not an nvr-checkpoint v1")
+            if not isinstance(body, dict) or body.get("type") != "nvr-checkpoint" or body.get("v") not in (1, 2):
+                problems.append("body is not an nvr-checkpoint (version 1 or 2)")
             elif body.get("database_id") != m["database_id"]:
                 problems.append(f"body is of database {body.get('database_id')}, not {m['database_id']}")
             elif not isinstance(body.get("cameras"), dict):

@@ -23,27 +23,33 @@ database do not each write their own), creating the first signing key if there i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from integrity import keys, signing
+from integrity import keys, records, signing, witness
 from integrity.chain import canonical_json
 from nvr.background import BackgroundLoop
 from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
 from nvr.errors import Kind, NvrError
-from nvr.models import AuditHead, Checkpoint, Segment, SegmentTombstone, SigningKey
+from nvr.models import AuditHead, CameraChainHead, Checkpoint, Segment, SegmentTombstone
+
+H = CameraChainHead
 
 log = logging.getLogger(__name__)
 
 BODY_TYPE = "nvr-checkpoint"
-BODY_VERSION = 1
+BODY_VERSION = 2
+BODY_VERSIONS = (1, 2)
+"""Version 1 (before checkpoints were chained) still verifies; version 2 adds seq, prev_hash and registry."""
 WALK = 64
 """Checkpoints :func:`covering` reads forward from the segment's creation before it switches to a binary search."""
 POLL_SECONDS = 30.0
@@ -73,41 +79,104 @@ def chain_heads(session: Session) -> dict[str, dict[str, Any]]:
     return {cam: {"seq": seq, "link": link} for cam, (seq, link) in sorted(heads.items())}
 
 
-def make_body(session: Session, now_us: int, database_id: str) -> str:
+def issued_heads(session: Session) -> dict[str, tuple[int, str]]:
+    """Every camera's newest issued (seq, link) as the catalogue keeps it apart from the rows."""
+    return {str(c): (int(q), str(k)) for c, q, k in session.execute(select(H.camera_id, H.seq, H.link))}
+
+
+def make_body(session: Session, now_us: int, database_id: str, seq: int = 0, prev_hash: str | None = None) -> str:
+    """The canonical body of checkpoint ``seq`` continuing from ``prev_hash`` (version 2): every camera's chain head
+    (the newest of its rows, tombstones and issued head), the audit head, and digests of every registry record."""
     head_seq, head_hash = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
+    heads = chain_heads(session)
+    for cam, (q, k) in issued_heads(session).items():
+        if q > heads.get(cam, {"seq": 0})["seq"]:
+            heads[cam] = {"seq": q, "link": k}
     body = {
         "type": BODY_TYPE,
         "v": BODY_VERSION,
+        "seq": int(seq),
+        "prev_hash": prev_hash,
         "created_us": int(now_us),
         "database_id": database_id,
-        "cameras": chain_heads(session),
+        "cameras": dict(sorted(heads.items())),
         "audit": {"seq": int(head_seq), "hash": str(head_hash)},
+        "registry": records.registry_digests(session),
     }
     return canonical_json(body).decode("ascii")
 
 
-def make_checkpoint(session: Session, signer: signing.Signer, now_us: int, database_id: str) -> Checkpoint:
-    """Sign the current heads and store the checkpoint (flushed; the caller commits)."""
-    body = make_body(session, now_us, database_id)
+def body_hash(body: str) -> str:
+    """What the next checkpoint's ``prev_hash`` names: SHA-256 of the body's exact bytes."""
+    return hashlib.sha256(body.encode("ascii")).hexdigest()
+
+
+def newest(session: Session) -> Checkpoint | None:
+    """The newest checkpoint by sequence number (rows without one, written by hand, never count)."""
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.seq.is_not(None)).order_by(Checkpoint.seq.desc()).limit(1)
+    )
+
+
+def make_checkpoint(
+    session: Session,
+    signer: signing.Signer,
+    now_us: int,
+    database_id: str,
+    *,
+    continue_from: tuple[int, str] | None = None,
+) -> Checkpoint:
+    """Sign the current heads as the next checkpoint of the chain and store it (flushed; the caller commits).
+
+    Takes the audit head's row lock first (SQLite: the write lock), so two processes never sign the same seq and
+    the heads read are those of one moment. ``continue_from`` (seq, hash): a witness's newest checkpoint, when it is
+    newer than the database's (checkpoint rows were deleted): the chain then continues from the witness, so the gap
+    stays visible instead of being papered over with re-used numbers."""
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
+    last = newest(session)
+    seq, prev = (int(last.seq or 0), last.hash or body_hash(last.body)) if last is not None else (0, None)
+    if continue_from is not None and continue_from[0] > seq:
+        log.error(
+            "the database's newest checkpoint is seq %d but a witness has seq %d: checkpoints were removed from the "
+            "database; continuing the chain from the witness",
+            seq,
+            continue_from[0],
+        )
+        seq, prev = continue_from
+    body = make_body(session, now_us, database_id, seq + 1, prev)
     row = Checkpoint(
         created_us=int(now_us),
         key_id=signer.key_id,
         suite=signer.suite,
         body=body,
         signature=signer.sign(body.encode("ascii")).hex(),
+        seq=seq + 1,
+        prev_hash=prev,
+        hash=body_hash(body),
     )
     session.add(row)
     session.flush()
     return row
 
 
-def sign_checkpoint(db: Database, settings: Settings, clock: Clock) -> Checkpoint:
-    """Sign and commit one checkpoint now (what every server start does), creating the first key if there is none."""
+def sign_checkpoint(db: Database, settings: Settings, clock: Clock, now_us: int | None = None) -> Checkpoint:
+    """Sign and commit one checkpoint now (what every server start does), creating the first key if there is none,
+    continuing the chain from the newest witness when the database has lost checkpoints, then append it (and any
+    committed one they lack) to the witnesses. ``now_us``: the time to sign (default: the clock's)."""
+    from integrity import witness
+
     database_id = db.database_id()
     with db.session() as s:
         keys.ensure_key(s, settings.keys_dir, clock.now_us())
     with db.session() as s:
-        row = make_checkpoint(s, keys.active_signer(s, settings.keys_dir), clock.now_us(), database_id)
+        row = make_checkpoint(
+            s,
+            keys.active_signer(s, settings.keys_dir),
+            clock.now_us() if now_us is None else now_us,
+            database_id,
+            continue_from=witness.continue_from(settings),
+        )
+    witness.catch_up(db, settings)
     return row
 
 
@@ -121,7 +190,7 @@ def parse_body(text: str) -> dict[str, Any]:
     ok = (
         isinstance(body, dict)
         and body.get("type") == BODY_TYPE
-        and body.get("v") == BODY_VERSION
+        and body.get("v") in BODY_VERSIONS
         and isinstance(body.get("created_us"), int)
         and isinstance(body.get("database_id"), str)
         and isinstance(body.get("cameras"), dict)
@@ -130,7 +199,15 @@ def parse_body(text: str) -> dict[str, Any]:
     )
     if not ok:
         raise NvrError(
-            Kind.DATA_LOSS, "checkpoint_invalid", f"not a version {BODY_VERSION} {BODY_TYPE} body: {text[:200]!r}"
+            Kind.DATA_LOSS, "checkpoint_invalid", f"not a {BODY_TYPE} body (version {BODY_VERSIONS}): {text[:200]!r}"
+        )
+    if body["v"] >= 2 and not (
+        isinstance(body.get("seq"), int)
+        and (body.get("prev_hash") is None or isinstance(body.get("prev_hash"), str))
+        and isinstance(body.get("registry"), dict)
+    ):
+        raise NvrError(
+            Kind.DATA_LOSS, "checkpoint_invalid", f"a version 2 body lacks seq, prev_hash or registry: {text[:200]!r}"
         )
     return body
 
@@ -139,11 +216,23 @@ def _is_head(h: object, hash_name: str) -> bool:
     return isinstance(h, dict) and isinstance(h.get("seq"), int) and isinstance(h.get(hash_name), str)
 
 
-def verify_checkpoint(row: Checkpoint, keys_by_id: dict[str, SigningKey]) -> str | None:
-    """None when ``row``'s signature is its key's signature of exactly its body; otherwise what is wrong."""
+class KeyLike(Protocol):
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def suite(self) -> str: ...
+
+    @property
+    def public_key_pem(self) -> str: ...
+
+
+def verify_checkpoint(row: Checkpoint, keys_by_id: Mapping[str, KeyLike]) -> str | None:
+    """None when ``row``'s signature is its key's signature of exactly its body; otherwise what is wrong.
+    ``keys_by_id``: the trusted keys (integrity.keys.trusted_keys), never the database's table."""
     key = keys_by_id.get(row.key_id)
     if key is None:
-        return f"checkpoint {row.id}: signed by key {row.key_id}, which is not a known signing key"
+        return f"checkpoint {row.id}: signed by key {row.key_id}, which is not a pinned signing key"
     if key.suite != row.suite:
         return f"checkpoint {row.id}: suite {row.suite} differs from key {row.key_id}'s suite {key.suite}"
     try:
@@ -162,6 +251,11 @@ def verify_checkpoint(row: Checkpoint, keys_by_id: dict[str, SigningKey]) -> str
         return f"checkpoint {row.id}: {exc.message}"
     if body["created_us"] != row.created_us:
         return f"checkpoint {row.id}: signed time {body['created_us']} differs from the stored {row.created_us}"
+    if body["v"] >= 2 and (body["seq"] != row.seq or body["prev_hash"] != row.prev_hash):
+        return (
+            f"checkpoint {row.id}: signed seq {body['seq']} / prev_hash {str(body['prev_hash'])[:16]} differ from the "
+            f"stored seq {row.seq} / prev_hash {str(row.prev_hash)[:16]}"
+        )
     return None
 
 
@@ -170,8 +264,30 @@ def covers(row: Checkpoint, camera_id: str, seq: int) -> bool:
     return head is not None and head["seq"] >= seq
 
 
-def covering(session: Session, camera_id: str, seq: int) -> Checkpoint | None:
-    """The earliest checkpoint (by ``created_us``) whose body has ``cameras[camera_id].seq >= seq``, or None."""
+def covering(
+    session: Session, camera_id: str, seq: int, trusted: Mapping[str, KeyLike] | None = None
+) -> Checkpoint | None:
+    """The earliest checkpoint (by ``created_us``) whose body has ``cameras[camera_id].seq >= seq``, or None.
+    With ``trusted`` (the pinned keys), only a checkpoint whose signature verifies with one of them: a row signed by
+    a key inserted into the database is never what an export bundle rests on."""
+    found = _covering(session, camera_id, seq)
+    if trusted is None or found is None:
+        return found
+    if verify_checkpoint(found, trusted) is None:
+        return found
+    later = session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.created_us >= found.created_us, Checkpoint.id != found.id)
+        .order_by(Checkpoint.created_us, Checkpoint.id)
+        .limit(WALK)
+    )
+    for row in later:
+        if covers(row, camera_id, seq) and verify_checkpoint(row, trusted) is None:
+            return row
+    return None
+
+
+def _covering(session: Session, camera_id: str, seq: int) -> Checkpoint | None:
     order = (Checkpoint.created_us, Checkpoint.id)
     newest = session.scalar(select(Checkpoint).order_by(*(c.desc() for c in order)).limit(1))
     if newest is None or not covers(newest, camera_id, seq):
@@ -216,7 +332,14 @@ class CheckpointScheduler(BackgroundLoop):
     thread_name = "checkpoints"
 
     def __init__(
-        self, db: Database, settings: Settings, clock: Clock, keys_dir: Path, *, poll_seconds: float = POLL_SECONDS
+        self,
+        db: Database,
+        settings: Settings,
+        clock: Clock,
+        keys_dir: Path,
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        trusted: Any = None,
     ) -> None:
         super().__init__()
         self.db, self.settings, self.clock, self.keys_dir = db, settings, clock, keys_dir
@@ -230,6 +353,12 @@ class CheckpointScheduler(BackgroundLoop):
         self._last_mono: int | None = None
         self._left_us = 0
         self._database_id: str | None = None
+        if trusted is None:
+            from integrity import trusted_time
+
+            trusted = trusted_time.shared(db, settings, clock)
+        self.trusted: Any = trusted
+        """An integrity.trusted_time.TrustedClock: checkpoints are stamped with its time, not the raw wall clock."""
 
     @property
     def interval_us(self) -> int:
@@ -280,6 +409,9 @@ class CheckpointScheduler(BackgroundLoop):
             raise
         if row is None:
             return self._left_us / 1e6
+        witness.catch_up(self.db, self.settings)
+        if self.trusted is not None:
+            self.trusted.refresh()
         self._last_mono = mono
         self.written += 1
         self.last_checkpoint_id = row.id
@@ -297,4 +429,17 @@ class CheckpointScheduler(BackgroundLoop):
                 if left > 0:
                     self._left_us = left
                     return None
-            return make_checkpoint(s, keys.active_signer(s, self.keys_dir), now, self._database_id or "")
+            return make_checkpoint(
+                s,
+                keys.active_signer(s, self.keys_dir),
+                self.stamp(now),
+                self._database_id or "",
+                continue_from=witness.continue_from(self.settings),
+            )
+
+    def stamp(self, now: int) -> int:
+        """The time a new checkpoint is signed at: never past what the trusted clock allows, so a clock that jumped
+        ahead cannot move the witnessed time forward (integrity.trusted_time)."""
+        if self.trusted is None:
+            return now
+        return int(self.trusted.checkpoint_time_us())

@@ -35,20 +35,20 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from integrity import audit_log, chain, checkpoints, keys
-from nvr.clock import iso
+from integrity import audit_log, chain
+from integrity.problems import Problem
+from nvr.config import Settings
 from nvr.db import Database
 from nvr.models import (
     AuditEvent,
     Camera,
-    Checkpoint,
     IntegrityFinding,
     Segment,
     SegmentTombstone,
@@ -57,7 +57,25 @@ from nvr.models import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("hash_mismatch", "missing_file", "missing_row", "chain_break", "unknown_file", "bad_signature")
+KINDS = (
+    "hash_mismatch",
+    "missing_file",
+    "missing_row",
+    "chain_break",
+    "unknown_file",
+    "bad_signature",
+    "untrusted_key",
+    "missing_checkpoint",
+    "checkpoint_chain_break",
+    "witness_mismatch",
+    "forged_tombstone",
+    "registry_mismatch",
+    "time_inconsistent",
+    "unverifiable",
+)
+"""Every finding kind, a stable name (docs/integrity/verify.md)."""
+LEGAL_FLOOR_DAYS = 30
+"""The retention floor no setting may go below (nvr.config: retention_floor_days >= 30)."""
 CHUNK = 8 << 20
 """Read size for hashing: large reads keep the per-call overhead far below OpenSSL's hashing time."""
 THREADS = 2
@@ -157,27 +175,6 @@ def hash_files(
 
 
 # --- problems and the report -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Problem:
-    kind: str
-    camera_id: str | None
-    seq: int | None
-    at_us: int | None
-    """Footage time the problem concerns (a segment's start), when there is one."""
-    subject: str
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "at": iso(self.at_us)}
-
-    def line(self) -> str:
-        return f"{self.kind:<14} {self.camera_id or '-':<16} {iso(self.at_us) or '-':<27} {self.subject}: {self.detail}"
-
-    @property
-    def key(self) -> tuple[str, str | None, int | None, str]:
-        return (self.kind, self.camera_id, self.seq, self.subject)
-
-
 @dataclass
 class Report:
     problems: list[Problem] = field(default_factory=list)
@@ -240,8 +237,17 @@ def total_bytes(db: Database) -> tuple[int, int]:
     return int(n or 0), int(b or 0)
 
 
-def verify_archive(db: Database, progress: Progress | None = None, threads: int = THREADS, batch: int = 2000) -> Report:
-    """Check the whole archive (see the module docstring); read-only. Problems come sorted by camera, seq, kind."""
+def verify_archive(
+    db: Database,
+    settings: Settings,
+    progress: Progress | None = None,
+    threads: int = THREADS,
+    batch: int = 2000,
+    *,
+    against: Iterable[Path] = (),
+) -> Report:
+    """Check the whole archive (see the module docstring); read-only. Problems come sorted by camera, seq, kind.
+    ``settings`` says where the pinned keys and witnesses are; ``against``: checkpoint copies an auditor kept."""
     started = time.monotonic()
     report = Report()
     problems: list[Problem] = []
@@ -264,7 +270,16 @@ def verify_archive(db: Database, progress: Progress | None = None, threads: int 
     for vid, path in volumes.items():
         if mounted[vid]:
             problems += _unknown_files(db, vid, path, report)
-    problems += _checkpoints(db, heads, report, batch)
+    from integrity import checkpoint_verify, registry_check, tombstones
+
+    cps = checkpoint_verify.check(db, settings, heads, against=against)
+    report.checkpoints = cps.checkpoints
+    problems += cps.problems
+    with db.session() as s:
+        problems += registry_check.check_registry(s, cps.newest_body)
+    # Each run is judged by the floor and policy minimum its own event recorded, never below the legal 30 days:
+    # raising the floor later must not turn earlier, lawful deletions into findings.
+    problems += tombstones.check_tombstones(db, LEGAL_FLOOR_DAYS)
     problems += _audit(db, report)
 
     order = {k: i for i, k in enumerate(KINDS)}
@@ -517,118 +532,6 @@ def _unnamed(db: Database, volume_id: str, root: Path, rels: list[str]) -> list[
             )
         )
     return out
-
-
-def _checkpoints(db: Database, heads: dict[str, tuple[int, str]], report: Report, batch: int) -> list[Problem]:
-    problems: list[Problem] = []
-    with db.session() as s:
-        known = keys.public_key_map(s)
-    newest: Checkpoint | None = None
-    last = 0
-    while True:
-        with db.session() as s:
-            rows = list(s.scalars(select(Checkpoint).where(Checkpoint.id > last).order_by(Checkpoint.id).limit(batch)))
-        if not rows:
-            break
-        for cp in rows:
-            report.checkpoints += 1
-            why = checkpoints.verify_checkpoint(cp, known)
-            if why is not None:
-                problems.append(Problem("bad_signature", None, None, cp.created_us, f"checkpoint {cp.id}", why))
-            elif newest is None or (cp.created_us, cp.id) > (newest.created_us, newest.id):
-                newest = cp
-        last = rows[-1].id
-    if newest is not None:
-        problems += _against_checkpoint(db, newest, heads)
-    return problems
-
-
-def _against_checkpoint(db: Database, cp: Checkpoint, heads: dict[str, tuple[int, str]]) -> list[Problem]:
-    """The newest valid checkpoint vouches for each camera's chain up to its seq and for the audit log's head."""
-    body = checkpoints.parse_body(cp.body)
-    name = f"checkpoint {cp.id} (signed {iso(cp.created_us)})"
-    problems: list[Problem] = []
-    T = SegmentTombstone
-    with db.session() as s:
-        for cam, head in sorted(body.get("cameras", {}).items()):
-            seq, want = int(head["seq"]), str(head["link"])
-            have_seq, _ = heads.get(cam, (0, ""))
-            row = s.execute(
-                select(Segment.link, Segment.start_us).where(Segment.camera_id == cam, Segment.seq == seq)
-            ).first()
-            if row is not None:
-                if row.link != want:
-                    problems.append(
-                        Problem(
-                            "chain_break",
-                            cam,
-                            seq,
-                            row.start_us,
-                            segment_subject(cam, seq),
-                            f"{name} recorded link {want[:16]}… for it, the row's link is {row.link[:16]}…",
-                        )
-                    )
-                continue
-            tomb = s.execute(
-                select(T.last_link, T.end_us).where(T.camera_id == cam, T.first_seq <= seq, T.last_seq >= seq)
-            ).first()
-            last_tomb_seq = s.scalar(select(T.last_seq).where(T.camera_id == cam, T.last_seq == seq))
-            if tomb is not None:
-                if last_tomb_seq is not None and tomb.last_link != want:
-                    problems.append(
-                        Problem(
-                            "chain_break",
-                            cam,
-                            seq,
-                            tomb.end_us,
-                            f"tombstone {cam} ending at #{seq}",
-                            f"{name} recorded link {want[:16]}…, the tombstone's last link is {tomb.last_link[:16]}…",
-                        )
-                    )
-                continue
-            if seq > have_seq:
-                end = s.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == cam))
-                first = have_seq + 1
-                span = f"#{first}" if first == seq else f"#{first}..#{seq}"
-                problems.append(
-                    Problem(
-                        "missing_row",
-                        cam,
-                        first,
-                        end,
-                        f"segment {cam} {span}",
-                        f"the camera's rows end at seq {have_seq} but {name} recorded seq {seq}: "
-                        "the newest segments were removed",
-                    )
-                )
-        audit = body.get("audit")
-        if audit and int(audit.get("seq", 0)) > 0:
-            seq, want = int(audit["seq"]), str(audit["hash"])
-            ev = s.execute(select(AuditEvent.hash, AuditEvent.camera_id, AuditEvent.at_us).where(AuditEvent.seq == seq))
-            found = ev.first()
-            if found is None:
-                problems.append(
-                    Problem(
-                        "chain_break",
-                        None,
-                        None,
-                        None,
-                        f"audit event {seq}",
-                        f"{name} recorded audit event {seq}, which is not in the log: newer events were removed",
-                    )
-                )
-            elif found.hash != want:
-                problems.append(
-                    Problem(
-                        "chain_break",
-                        found.camera_id,
-                        None,
-                        found.at_us,
-                        f"audit event {seq}",
-                        f"{name} recorded hash {want[:16]}… for it, the log has {found.hash[:16]}…",
-                    )
-                )
-    return problems
 
 
 def _audit(db: Database, report: Report) -> list[Problem]:

@@ -10,6 +10,7 @@ alarm; findings it no longer sees are resolved) and one ``integrity.verify`` aud
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,15 +25,31 @@ def verify(
     record: Annotated[
         bool, typer.Option("--record", help="Store the problems as integrity findings and audit the check.")
     ] = False,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--against",
+            help="A copy of the checkpoint chain kept earlier ('nvr checkpoints export' or GET /api/v1/checkpoints); "
+            "may be given more than once.",
+        ),
+    ] = None,
 ) -> None:
-    """Re-hash every segment, recompute every chain across tombstones, check checkpoint signatures and the audit
-    log; list each problem (hash_mismatch, missing_file, missing_row, chain_break, unknown_file, bad_signature)."""
+    """Re-hash every segment, recompute every chain across tombstones, check every checkpoint (pinned keys, the
+    chain, the heads each names, witness copies), tombstones, registry records and the audit log; list each problem
+    by its kind (docs/integrity/verify.md)."""
     from integrity import audit_log
     from integrity.verify_archive import record_findings, total_bytes, verify_archive
 
     rt = _runtime(migrate=False)
+    copies = list(against or [])
+    for c in copies:
+        if not c.is_file():
+            _fail(f"--against {c}: no such file")
     show = not no_progress and sys.stderr.isatty()
-    report = _with_progress(rt.db, verify_archive, total_bytes) if show else verify_archive(rt.db)
+    if show:
+        report = _with_progress(rt.db, rt.settings, copies, verify_archive, total_bytes)
+    else:
+        report = verify_archive(rt.db, rt.settings, against=copies)
     data = report.as_dict()
     if record:
         now = rt.clock.now_us()
@@ -58,7 +75,12 @@ def verify(
         raise typer.Exit(1)
 
 
-def _with_progress(db: Any, verify_archive: Any, total_bytes: Any) -> Any:
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _with_progress(db: Any, settings: Any, copies: list[Path], verify_archive: Any, total_bytes: Any) -> Any:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -84,7 +106,7 @@ def _with_progress(db: Any, verify_archive: Any, total_bytes: Any) -> Any:
         def progress(segments: int, done: int) -> None:
             bar.update(task, completed=done, segments=segments)
 
-        return verify_archive(db, progress=progress)
+        return verify_archive(db, settings, progress=progress, against=copies)
 
 
 def human(data: dict[str, Any]) -> str:

@@ -62,3 +62,43 @@ def findings(
                 for f in rows
             ]
         }
+
+
+@router.get("/checkpoints")
+def checkpoint_chain(
+    ctx: Annotated[Ctx, Depends(requires("checkpoints.read", "integrity.read"))],
+    after_seq: Annotated[int, Query(ge=0, description="Only checkpoints after this seq (for incremental copies).")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    """The signed checkpoint chain, oldest first, each with its exact body and signature, and the pinned key log
+    (every key's record, countersigned at each rotation): a witness copy an auditor keeps and later hands to
+    ``nvr verify --against FILE``. Page with ``after_seq`` (the last ``seq`` received); ``more`` says whether to."""
+    from sqlalchemy import select
+
+    from integrity import keylog, witness
+    from nvr.models import Checkpoint
+
+    with ctx.db.session() as s:
+        rows = list(
+            s.scalars(
+                select(Checkpoint)
+                .where(Checkpoint.seq.is_not(None), Checkpoint.seq > after_seq)
+                .order_by(Checkpoint.seq)
+                .limit(limit + 1)
+            )
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        ctx.record(
+            s,
+            audit.Event(
+                "checkpoints.read",
+                "allowed",
+                reason=f"{len(rows)} checkpoint(s) after seq {after_seq}",
+            ),
+        )
+        return {
+            "key_log": keylog.read_lines(ctx.services.settings.keys_dir),
+            "checkpoints": [witness.entry(r) for r in rows],
+            "more": more,
+        }

@@ -9,7 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select, update
 
-from integrity import audit_log, checkpoints, keys, signing
+from integrity import audit_log, checkpoints, keys, records, signing
 from integrity.chain import canonical_json
 from nvr.clock import FakeClock
 from nvr.errors import NvrError
@@ -31,7 +31,7 @@ def _checkpoint(rt: Runtime, now_us: int) -> Checkpoint:
 
 def _keys(rt: Runtime) -> dict[str, object]:
     with rt.db.session() as s:
-        return keys.public_key_map(s)  # type: ignore[return-value]
+        return keys.trusted_keys(s, rt.settings)  # type: ignore[return-value]
 
 
 def test_body_names_each_camera_head_and_the_audit_head(runtime: Runtime) -> None:
@@ -45,7 +45,17 @@ def test_body_names_each_camera_head_and_the_audit_head(runtime: Runtime) -> Non
 
     body = checkpoints.parse_body(cp.body)
     assert cp.body == canonical_json(body).decode("ascii")  # the signed text is the canonical form
-    assert body["type"] == "nvr-checkpoint" and body["v"] == 1 and body["created_us"] == cp.created_us == T0 + MIN
+    assert body["type"] == "nvr-checkpoint" and body["v"] == 2 and body["created_us"] == cp.created_us == T0 + MIN
+    # The first of the chain, and it signs every registry record's digest.
+    assert body["seq"] == cp.seq == 1 and body["prev_hash"] is None and cp.hash == checkpoints.body_hash(cp.body)
+    with rt.db.session() as s:
+        assert body["registry"] == records.registry_digests(s) and set(body["registry"]["cameras"]) == {
+            "cam1",
+            "cam2",
+            "idle",
+        }
+    nxt = _checkpoint(rt, T0 + 2 * MIN)
+    assert nxt.seq == 2 and checkpoints.parse_body(nxt.body)["prev_hash"] == cp.hash
     assert body["database_id"] == rt.db.database_id()
     with rt.db.session() as s:
         for cam in ("cam1", "cam2"):
@@ -101,7 +111,7 @@ def test_edited_body_or_swapped_signature_fails(runtime: Runtime) -> None:
     forged = Checkpoint(id=cp.id, created_us=cp.created_us, key_id=stranger.key_id, suite=cp.suite, body=cp.body,
                         signature=stranger.sign(cp.body.encode()).hex())  # fmt: skip
     problem = checkpoints.verify_checkpoint(forged, ks)  # type: ignore[arg-type]
-    assert problem is not None and "not a known signing key" in problem
+    assert problem is not None and "not a pinned signing key" in problem
     # Stored time moved away from the signed time.
     moved = Checkpoint(id=cp.id, created_us=cp.created_us + 1, key_id=cp.key_id, suite=cp.suite, body=cp.body,
                        signature=cp.signature)  # fmt: skip

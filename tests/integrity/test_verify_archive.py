@@ -85,7 +85,7 @@ def test_an_intact_archive_has_no_problems_and_every_byte_is_rehashed(runtime: R
     d = segment_path(rt, "cam1", 1).parent
     (d / "0001800000000000000.mp4.partial").write_bytes(b"being written")
     (d / "0001800000000000000.json").write_text("{}")
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert report.problems == []
     assert report.segments == 12 and report.rows == 12 and report.checkpoints == 1 and report.files == 12
     assert report.bytes == 12 * clip().stat().st_size
@@ -95,15 +95,15 @@ def test_an_intact_archive_has_no_problems_and_every_byte_is_rehashed(runtime: R
 def test_tombstones_of_a_real_sweep_are_not_missing_rows(runtime: Runtime) -> None:
     rt = runtime
     _archive(rt)
-    _checkpoint(rt)
-    with rt.db.session() as s:
+    with rt.db.session() as s:  # before the checkpoint that signs the registry (edited afterwards: registry_mismatch)
         s.execute(update(RetentionPolicy).values(min_days=30, max_days=30))
+    _checkpoint(rt)
     report = Sweeper(rt.db, rt.settings, FakeClock(T0 + 40 * DAY)).run()  # type: ignore[arg-type]
     assert report.segments == 10
     add_segments(rt, "cam1", T0 + 41 * DAY, 1)  # continues from the tombstone at seq 6
     with rt.db.session() as s:
         assert s.scalar(select(SegmentTombstone.last_seq).where(SegmentTombstone.camera_id == "cam1")) == 5
-    assert verify_archive(rt.db).problems == []
+    assert verify_archive(rt.db, rt.settings).problems == []
 
 
 # --- the six tamper cases ------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def test_a_flipped_byte_is_a_hash_mismatch(runtime: Runtime) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert _named(report) == {("hash_mismatch", "cam2", 3)}
     (p,) = report.problems
     assert p.at_us == T0 + 2 * SEG and str(path) in p.detail
@@ -124,7 +124,7 @@ def test_a_deleted_segment_file_is_a_missing_file(runtime: Runtime) -> None:
     rt = runtime
     _archive(rt)
     segment_path(rt, "cam1", 4).unlink()
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert _named(report) == {("missing_file", "cam1", 4)}
     assert report.problems[0].at_us == T0 + 3 * SEG
 
@@ -135,7 +135,7 @@ def test_a_deleted_segment_row_is_a_missing_row(runtime: Runtime) -> None:
     path = segment_path(rt, "cam1", 3)
     with rt.db.session() as s:
         s.execute(delete(Segment).where(Segment.camera_id == "cam1", Segment.seq == 3))
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     named = _named(report)
     assert ("missing_row", "cam1", 3) in named
     assert {k for k, c, _ in named if c == "cam2"} == set()
@@ -149,7 +149,7 @@ def test_the_newest_rows_deleted_after_a_checkpoint_are_missing_rows(runtime: Ru
     _checkpoint(rt)
     with rt.db.session() as s:
         s.execute(delete(Segment).where(Segment.camera_id == "cam2", Segment.seq >= 4))
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert ("missing_row", "cam2", 4) in _named(report)
     assert {p.kind for p in report.problems} == {"missing_row", "unknown_file"}
 
@@ -163,7 +163,7 @@ def test_a_row_whose_times_were_edited_is_a_chain_break(runtime: Runtime) -> Non
             .where(Segment.camera_id == "cam1", Segment.seq == 2)
             .values(start_us=Segment.start_us - 60_000_000, end_us=Segment.end_us - 60_000_000)
         )
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert _named(report) == {("chain_break", "cam1", 2)}
 
 
@@ -171,13 +171,13 @@ def test_a_segment_file_swapped_for_another_valid_segment_is_a_hash_mismatch(run
     rt = runtime
     add_camera(rt, "cam1")
     _distinct_segments(rt, "cam1", T0, 4)
-    assert verify_archive(rt.db).problems == []
+    assert verify_archive(rt.db, rt.settings).problems == []
     a, b = segment_path(rt, "cam1", 2), segment_path(rt, "cam1", 3)
     tmp = a.with_name("swap")
     os.rename(a, tmp)
     os.rename(b, a)
     os.rename(tmp, b)
-    assert _named(verify_archive(rt.db)) == {("hash_mismatch", "cam1", 2), ("hash_mismatch", "cam1", 3)}
+    assert _named(verify_archive(rt.db, rt.settings)) == {("hash_mismatch", "cam1", 2), ("hash_mismatch", "cam1", 3)}
 
 
 def test_an_edited_audit_event_is_a_chain_break_of_the_audit_log(runtime: Runtime) -> None:
@@ -189,7 +189,7 @@ def test_an_edited_audit_event_is_a_chain_break_of_the_audit_log(runtime: Runtim
             seq = audit_log.record(s, rt.clock.now_us(), audit_log.SYSTEM, audit_log.INTERNAL, ev)
     with rt.db.session() as s:
         s.execute(update(AuditEvent).where(AuditEvent.seq == seq - 1).values(reason="nothing to see"))
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert [(p.kind, p.subject, p.camera_id) for p in report.problems] == [
         ("chain_break", f"audit event {seq - 1}", "cam1")
     ]
@@ -204,8 +204,8 @@ def test_a_checkpoint_whose_signature_does_not_verify_is_a_bad_signature(runtime
     body["cameras"]["cam1"]["seq"] = 4  # pretend cam1 had less footage then
     with rt.db.session() as s:
         s.execute(update(Checkpoint).where(Checkpoint.id == cp.id).values(body=json.dumps(body, sort_keys=True)))
-    report = verify_archive(rt.db)
-    assert [(p.kind, p.subject) for p in report.problems] == [("bad_signature", f"checkpoint {cp.id}")]
+    report = verify_archive(rt.db, rt.settings)
+    assert [(p.kind, p.subject) for p in report.problems] == [("bad_signature", f"checkpoint seq {cp.seq}")]
 
 
 def test_a_checkpoint_link_that_differs_from_the_row_is_a_chain_break(runtime: Runtime) -> None:
@@ -226,7 +226,7 @@ def test_a_checkpoint_link_that_differs_from_the_row_is_a_chain_break(runtime: R
             r.prev_link = prev
             r.link = chain.link(prev, {f: getattr(r, f) for f in chain.LINKED_FIELDS})
             prev = r.link
-    report = verify_archive(rt.db)
+    report = verify_archive(rt.db, rt.settings)
     assert _named(report) == {("chain_break", "cam2", 5)}
 
 
