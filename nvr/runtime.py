@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nvr.clock import Clock, SystemClock
 from nvr.config import Settings, load_settings
@@ -12,6 +13,9 @@ from nvr.db import Database
 from nvr.recorder.context import RecorderContext, volume_infos
 from nvr.registry import redact_text
 from storage import volumes as vol
+
+if TYPE_CHECKING:
+    from integrity.trusted_time import TrustedClock
 
 
 class RedactingFilter(logging.Filter):
@@ -57,6 +61,14 @@ class Runtime:
         else:
             db.check_schema()
         return cls(settings, db, clock or SystemClock())
+
+    @property
+    def trusted(self) -> TrustedClock:
+        """The process's trusted time over this database and clock (integrity.trusted_time): what retention and
+        new checkpoints go by. The same object for every caller, so its monotonic reading spans the whole run."""
+        from integrity.trusted_time import shared
+
+        return shared(self.db, self.settings, self.clock)
 
     def init_default_volume(self) -> None:
         """The default volume (inside the data folder) is made on first use; configured ones never are."""

@@ -14,7 +14,8 @@ Each batch of at most ``sweep_batch_size`` segments goes through the garbage lis
    re-check sees the pin or the reader sees the mark.
 3. ``unlinked``: every file of the batch is unlinked (already gone after a crash: fine), the directories are fsynced
    and those left empty removed; then the state is committed.
-4. ``done``: one transaction writes the tombstones, deletes the rows, closes the batch and writes one audit event.
+4. ``done``: one transaction writes the tombstones, deletes the rows, closes the batch and writes the audit events
+   (one ``retention.sweep`` per run, which proves its tombstone, then one summary of the batch).
 
 A batch not ``done`` is resumed at the start of every run, so a crash at any step leaves no file without a row,
 and after the resume no row without a file. Every state change is claimed with ``UPDATE … WHERE state = <expected>``,
@@ -38,7 +39,9 @@ from typing import Any
 from sqlalchemy import BigInteger, Select, and_, bindparam, cast, delete, exists, func, insert, not_, select, update
 from sqlalchemy.orm import Session
 
-from integrity import audit_log
+from integrity import audit_log, trusted_time
+from integrity.tombstones import predate_run_events, run_reason
+from integrity.trusted_time import ClockStatus, TrustedClock
 from nvr.background import BackgroundLoop
 from nvr.clock import Clock, iso
 from nvr.config import Settings
@@ -166,6 +169,10 @@ class SweepReport:
     """Batches a previous run left unfinished that this run completed (or, dry run: would resume)."""
     volumes: list[VolumeUsage] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    clock: ClockStatus | None = None
+    """The trusted time's state at the start of the run (integrity.trusted_time)."""
+    clock_untrusted: bool = False
+    """The wall clock ran ahead of the trusted time: nothing was (or, dry run: would be) deleted."""
 
     @property
     def segments(self) -> int:
@@ -196,7 +203,19 @@ class SweepReport:
             "resumed_batches": self.resumed,
             "volumes": [v.as_dict() for v in self.volumes],
             "errors": self.errors,
+            "clock_untrusted": self.clock_untrusted,
+            "clock": None if self.clock is None else self.clock.as_dict(),
         }
+
+
+def _refuse(report: SweepReport, clock: ClockStatus, waiting: list[int]) -> None:
+    """The report of a run that may delete nothing new because the wall clock ran ahead of the trusted time."""
+    report.clock_untrusted, report.clock = True, clock
+    verb = "would be deleted" if report.dry_run else "deleted"
+    text = f"{clock.message()}: nothing {verb}"
+    if waiting:
+        text += f"; batch(es) {', '.join(map(str, waiting))} wait for a trusted clock"
+    report.errors.append(text + " (after a real outage: 'nvr clock confirm --reason ...')")
 
 
 def _min(a: int | None, b: int) -> int:
@@ -296,8 +315,13 @@ class Sweeper:
         meta: audit_log.RequestMeta = audit_log.INTERNAL,
         step_hook: Callable[[str], None] | None = None,
         stop: threading.Event | None = None,
+        trusted: TrustedClock | None = None,
     ) -> None:
-        self.db, self.settings, self.clock = db, settings, clock
+        self.db, self.settings = db, settings
+        self.trusted = trusted or trusted_time.shared(db, settings, clock)
+        self.clock: Clock = self.trusted
+        """Every time the sweeper goes by (candidates, the protection its marks and re-checks test, the stamps of
+        what it deleted) is the trusted time: ``min(wall, witnessed + tolerance)``, never a wall clock run ahead."""
         self.actor, self.meta = actor, meta
         self._hook = step_hook or (lambda _name: None)
         self._stop = stop or threading.Event()
@@ -308,8 +332,27 @@ class Sweeper:
     def run(self, dry_run: bool = False) -> SweepReport:
         if dry_run:
             return self.plan()
-        report = SweepReport(dry_run=False, now_us=self.clock.now_us())
+        self.trusted.refresh()
+        clock = self.trusted.status()
+        self.trusted.record_state(clock, actor=self.actor, meta=self.meta)  # an outage's start or end, once each
+        report = SweepReport(dry_run=False, now_us=self.clock.now_us(), clock=clock)
         volumes = self._volumes(report)
+        if not clock.trusted:
+            # Keep longer: nothing new is deleted. A batch whose files are all unlinked only lacks its bookkeeping
+            # (tombstones, rows, audit events): finishing it deletes nothing more. Marked or half-unlinked ones wait.
+            with self.db.session() as s:
+                waiting = list(
+                    s.scalars(select(SweepBatch.id).where(SweepBatch.state != "done").order_by(SweepBatch.id))
+                )
+                unlinked = set(s.scalars(select(SweepBatch.id).where(SweepBatch.state == "unlinked")))
+            for batch_id in [b for b in waiting if b in unlinked]:
+                self._complete(batch_id, report, resumed=True)
+            _refuse(report, clock, [b for b in waiting if b not in unlinked])
+            for v in volumes:
+                if v.usage.identity == "ok":
+                    v.usage.used_bytes_after = v.usage.used_bytes_before
+            self._log(report)
+            return report
         self._resume(report)
         ok = [v for v in volumes if v.usage.identity == "ok"]
         if ok:
@@ -337,9 +380,12 @@ class Sweeper:
         return report
 
     def plan(self) -> SweepReport:
-        """What a run would delete now, per camera and volume; changes nothing and writes no audit event."""
+        """What a run would delete now, per camera and volume; changes nothing and writes no audit event. Nothing
+        at all while the clock is not trusted (``clock_untrusted``), as the run would."""
+        self.trusted.refresh()
+        clock = self.trusted.status()
         now = self.clock.now_us()
-        report = SweepReport(dry_run=True, now_us=now)
+        report = SweepReport(dry_run=True, now_us=now, clock=clock)
         with self.db.session() as s:
             report.resumed = list(
                 s.scalars(select(SweepBatch.id).where(SweepBatch.state != "done").order_by(SweepBatch.id))
@@ -347,9 +393,13 @@ class Sweeper:
         volumes = self._volumes(report)
         ok = [v for v in volumes if v.usage.identity == "ok"]
         by_id = {v.id: v for v in ok}
-        if ok:
+        if not clock.trusted:
+            with self.db.session() as s:
+                unlinked = set(s.scalars(select(SweepBatch.id).where(SweepBatch.state == "unlinked")))
+            _refuse(report, clock, [b for b in report.resumed if b not in unlinked])
+        if ok and clock.trusted:
             self._aggregate(report, max_age_candidates(list(by_id), now, self._floor, self.db.dialect), MAX_AGE, by_id)
-        for group in _groups(ok):
+        for group in _groups(ok) if clock.trusted else []:
             total, used = group[0].usage.total_bytes or 0, group[0].usage.used_bytes_before or 0
             need = self._space_needed(total, used - sum(v.usage.swept_bytes for v in group))
             if need > 0:
@@ -432,6 +482,11 @@ class Sweeper:
         candidates (the space pass re-plans after each read, as its need shrinks)."""
         freed = 0
         while not self._stop.is_set():
+            clock = self.trusted.status()
+            if not clock.trusted:  # the wall clock ran ahead during the run: stop deciding by it
+                if not report.clock_untrusted:
+                    _refuse(report, clock, [])
+                break
             now = self.clock.now_us()
             c = candidates(now).subquery()
             limit = PLAN_BATCHES * self.settings.sweep_batch_size
@@ -572,8 +627,8 @@ class Sweeper:
             )
 
     def _remove(self, batch_id: int, report: SweepReport) -> int | None:
-        """Step 4, one transaction: tombstones, rows deleted, batch ``done``, one audit event. None if another
-        sweeper finished it first."""
+        """Step 4, one transaction: tombstones, rows deleted, batch ``done``, the audit events (one per run, then the
+        batch's summary: :func:`sweep_events`). None if another sweeper finished it first."""
         now = self.clock.now_us()
         with self.db.session() as s:
             claimed = s.execute(
@@ -602,27 +657,13 @@ class Sweeper:
                 )
             ]
             runs = _runs(rows)
+            min_days = policy_min_days(s, batch_id)
             write_tombstones(s, runs, batch_id, now)
             s.execute(delete(_SEGMENTS).where(_SEGMENTS.c.sweep_batch_id == batch_id))
             size = sum(r.bytes for r in rows)
             s.execute(update(_BATCHES).where(_BATCHES.c.id == batch_id).values(segments=len(rows), bytes=size))
-            cams = sorted({r.camera_id for r in rows})
-            audit_log.record(
-                s,
-                now,
-                self.actor,
-                self.meta,
-                audit_log.Event(
-                    "retention.sweep",
-                    "ok",
-                    camera_id=cams[0] if len(cams) == 1 else None,
-                    window_start_us=min((r.start_us for r in rows), default=None),
-                    window_end_us=max((r.end_us for r in rows), default=None),
-                    object_id=f"sweep_batch:{batch_id}",
-                    reason=summary(runs, reason),
-                    bytes=size,
-                ),
-            )
+            for event in sweep_events(runs, rows, reason, batch_id, min_days, self._floor):
+                audit_log.record(s, now, self.actor, self.meta, event)
         for run in runs:
             report.camera(run.camera_id).add(
                 run.segments, run.bytes, (run.first_seq, run.last_seq), (run.start_us, run.end_us), reason
@@ -735,22 +776,30 @@ def _runs(rows: list[_Row]) -> list[Run]:
 
 
 def write_tombstones(s: Session, runs: list[Run], batch_id: int, now_us: int) -> None:
-    """Extend or merge the cameras' tombstones with the runs (a run between two tombstones joins them into one);
-    statements in bulk: one read, then executemany for deletes, updates and inserts."""
+    """Extend or merge the cameras' tombstones with the runs (a run between two tombstones joins them into one;
+    never a tombstone older than per-run sweep events); statements in bulk: one read (and one of the neighbours'
+    last events), then executemany for deletes, updates and inserts."""
     if not runs:
         return
     cams = sorted({r.camera_id for r in runs})
     existing = [dict(t._mapping) for t in s.execute(select(_TOMBSTONES).where(_TOMBSTONES.c.camera_id.in_(cams)))]
     by_last = {(t["camera_id"], t["last_seq"]): t for t in existing}
     by_first = {(t["camera_id"], t["first_seq"]): t for t in existing}
+    # A tombstone from before per-run sweep events is proven only by its last batch's summary: never extended, so
+    # each tombstone is proven wholly by per-run events or wholly by that summary (integrity.tombstones).
+    beside = [by_last.get((r.camera_id, r.first_seq - 1)) for r in runs] + [
+        by_first.get((r.camera_id, r.last_seq + 1)) for r in runs
+    ]
+    legacy = predate_run_events(s, [t for t in beside if t is not None])
     changed: dict[int, dict[str, Any]] = {}
     dropped: list[int] = []
     new: list[dict[str, Any]] = []
     for run in runs:
         left = by_last.get((run.camera_id, run.first_seq - 1))
         right = by_first.get((run.camera_id, run.last_seq + 1))
-        left = left if left is not None and left["last_link"] == run.prev_link else None
+        left = left if left is not None and left["last_link"] == run.prev_link and left["id"] not in legacy else None
         right = right if right is not None and right["prev_link"] == run.last_link else None
+        right = right if right is not None and right["id"] not in legacy else None
         body = {
             "camera_id": run.camera_id,
             "first_seq": left["first_seq"] if left else run.first_seq,
@@ -793,7 +842,8 @@ def write_tombstones(s: Session, runs: list[Run], batch_id: int, now_us: int) ->
 
 
 def summary(runs: list[Run], reason: str) -> str:
-    """The audit event's reason: the reason, then per camera its deleted seq ranges and count."""
+    """The batch summary's reason: the reason, then per camera its deleted seq ranges and count. Readable only (the
+    audit writer clips it at 2000 characters); the per-run events are what prove the tombstones."""
     per_cam: dict[str, list[Run]] = {}
     for r in runs:
         per_cam.setdefault(r.camera_id, []).append(r)
@@ -803,7 +853,56 @@ def summary(runs: list[Run], reason: str) -> str:
         ranges = ",".join(f"{r.first_seq}..{r.last_seq}" if r.last_seq > r.first_seq else str(r.first_seq) for r in rs)
         parts.append(f"{cam} seq {ranges} ({sum(r.segments for r in rs)} segments)")
     total = sum(r.segments for r in runs)
-    return f"reason {reason}; {total} segments of {len(per_cam)} camera(s): " + "; ".join(parts)
+    head = f"reason {reason}; {total} segments in {len(runs)} run(s) of {len(per_cam)} camera(s)"
+    return head + (": " + "; ".join(parts) if parts else "")
+
+
+def policy_min_days(s: Session, batch_id: int) -> dict[str, int]:
+    """The ``min_days`` of each batch camera's policy now, at deletion (read before the rows are deleted)."""
+    q = (
+        select(Segment.camera_id, RetentionPolicy.min_days)
+        .join(Camera, Camera.id == Segment.camera_id)
+        .join(RetentionPolicy, RetentionPolicy.id == Camera.policy_id)
+        .where(Segment.sweep_batch_id == batch_id)
+        .distinct()
+    )
+    return {str(cam): int(days) for cam, days in s.execute(q)}
+
+
+def sweep_events(
+    runs: list[Run], rows: list[_Row], reason: str, batch_id: int, min_days: dict[str, int], floor: int
+) -> list[audit_log.Event]:
+    """A batch's ``retention.sweep`` audit events: one per run, whose reason (integrity.tombstones.run_reason) proves
+    its tombstone (camera, window = the run's oldest start .. newest end, bytes, links, the policy's ``min_days``
+    and the floor at deletion), then one summary of the batch (no camera; window and bytes of the whole batch),
+    written even when every segment was spared at the re-check."""
+    obj = f"sweep_batch:{batch_id}"
+    events = [
+        audit_log.Event(
+            "retention.sweep",
+            "ok",
+            camera_id=r.camera_id,
+            window_start_us=r.start_us,
+            window_end_us=r.end_us,
+            object_id=obj,
+            reason=run_reason(reason, r.first_seq, r.last_seq, r.segments, r.prev_link, r.last_link, days, floor),
+            bytes=r.bytes,
+        )
+        for r in runs
+        for days in [min_days.get(r.camera_id, floor)]
+    ]
+    events.append(
+        audit_log.Event(
+            "retention.sweep",
+            "ok",
+            window_start_us=min((r.start_us for r in rows), default=None),
+            window_end_us=max((r.end_us for r in rows), default=None),
+            object_id=obj,
+            reason=summary(runs, reason),
+            bytes=sum(r.bytes for r in rows),
+        )
+    )
+    return events
 
 
 # --- the schedule ----------------------------------------------------------------------------------------------------
@@ -815,9 +914,12 @@ class SweepScheduler(BackgroundLoop):
 
     thread_name = "retention-sweeper"
 
-    def __init__(self, db: Database, settings: Settings, clock: Clock) -> None:
+    def __init__(self, db: Database, settings: Settings, clock: Clock, trusted: TrustedClock | None = None) -> None:
         super().__init__()
         self.db, self.settings, self.clock = db, settings, clock
+        self.trusted = trusted or trusted_time.shared(db, settings, clock)
+        """One trusted clock for every run: its monotonic reading since start is what a wall clock set ahead cannot
+        fake."""
         self.last_report: SweepReport | None = None
 
     def start(self) -> None:
@@ -828,7 +930,7 @@ class SweepScheduler(BackgroundLoop):
         )
 
     def step(self) -> float:
-        self.last_report = Sweeper(self.db, self.settings, self.clock, stop=self._stop).run()
+        self.last_report = Sweeper(self.db, self.settings, self.clock, stop=self._stop, trusted=self.trusted).run()
         return self.settings.sweep_interval_seconds
 
     def failed(self, exc: Exception) -> float:

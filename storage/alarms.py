@@ -8,6 +8,9 @@ raised while the scrubber or ``nvr verify --record`` has an open finding (a segm
 its hash, a missing file…; integrity.verify_archive). ``checkpoints_stale`` is raised when checkpoints were being
 written and the newest is now more than three intervals old (the scheduler cannot sign: a lost key file, a
 database error; its log says which), since footage recorded meanwhile is not yet covered by any signature.
+``clock_untrusted`` is raised while the wall clock runs ahead of the trusted time (integrity.trusted_time: the newest
+signed checkpoint plus the monotonic time since) by more than ``clock_tolerance_minutes``: retention deletes nothing
+meanwhile. It is per process (its own monotonic reading), so the caller passes the process's status in.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from integrity.trusted_time import ClockStatus
 from integrity.verify_archive import open_counts
 from nvr.clock import iso
 from nvr.config import Settings
@@ -47,10 +51,15 @@ class StorageAlarms:
     integrity_findings: dict[str, int] = field(default_factory=dict)
     newest_checkpoint: str | None = None
     checkpoints_stale: bool = False
+    clock: ClockStatus | None = None
 
     @property
     def storage_full(self) -> bool:
         return bool(self.storage_full_cameras)
+
+    @property
+    def clock_untrusted(self) -> bool:
+        return self.clock is not None and not self.clock.trusted
 
     @property
     def codes(self) -> list[str]:
@@ -65,6 +74,8 @@ class StorageAlarms:
             out.append("integrity_mismatch")
         if self.checkpoints_stale:
             out.append("checkpoints_stale")
+        if self.clock_untrusted:
+            out.append("clock_untrusted")
         return out
 
     def as_dict(self) -> dict:
@@ -76,6 +87,7 @@ class StorageAlarms:
             "volumes": [asdict(v) for v in self.volumes],
             "integrity_findings": {k: n for k, n in self.integrity_findings.items() if n},
             "newest_checkpoint": self.newest_checkpoint,
+            "clock": None if self.clock is None else self.clock.as_dict(),
         }
 
 
@@ -97,8 +109,11 @@ def volume_state(settings: Settings, database_id: str, volume_id: str | None, pa
     return VolumeState(volume_id, str(path), state, usage.total, usage.free, round(used, 2))
 
 
-def storage_alarms(session: Session, settings: Settings, database_id: str, now_us: int) -> StorageAlarms:
-    out = StorageAlarms()
+def storage_alarms(
+    session: Session, settings: Settings, database_id: str, now_us: int, clock: ClockStatus | None = None
+) -> StorageAlarms:
+    """``clock``: this process's trusted-time status (``TrustedClock.status()``), for ``clock_untrusted``."""
+    out = StorageAlarms(clock=clock)
     for path in settings.effective_volumes:
         row = session.scalar(select(vol.Volume).where(vol.Volume.path == str(path)))
         out.volumes.append(volume_state(settings, database_id, row.id if row else None, path))

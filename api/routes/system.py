@@ -16,7 +16,9 @@ from sqlalchemy import func, select
 
 from api import audit
 from api.context import Ctx, anonymous, requires
+from integrity import trusted_time
 from integrity.scrubber import metric_families
+from integrity.trusted_time import ClockStatus
 from nvr.models import Camera, RecorderState, Segment
 from nvr.status import STALE_US
 from storage.alarms import StorageAlarms, storage_alarms
@@ -25,17 +27,26 @@ router = APIRouter(tags=["system"])
 RECORDER_STATES = ("recording", "reconnecting", "error", "offline")
 
 
+def clock_now(ctx: Ctx) -> ClockStatus:
+    """This process's trusted time (integrity.trusted_time), after a look for a newer anchor (``nvr clock
+    confirm`` elsewhere)."""
+    trusted = trusted_time.shared(ctx.db, ctx.settings, ctx.services.clock)
+    trusted.refresh()
+    return trusted.status()
+
+
 def alarms_now(ctx: Ctx) -> StorageAlarms:
+    clock = clock_now(ctx)
     with ctx.db.session() as s:
-        return storage_alarms(s, ctx.settings, ctx.db.database_id(), ctx.now_us)
+        return storage_alarms(s, ctx.settings, ctx.db.database_id(), ctx.now_us, clock)
 
 
 @router.get("/health")
 def health(ctx: Annotated[Ctx, Depends(anonymous("health"))]) -> dict[str, Any]:
     """Liveness for load balancers and a first look for people: no login, not audited. ``status`` is ``ok`` or
     ``degraded``, with the alarm codes (``storage_full``, ``volume_critical``, ``volume_unavailable``,
-    ``integrity_mismatch``, ``checkpoints_stale``); which cameras and volumes are affected is at
-    ``GET /system/health``."""
+    ``integrity_mismatch``, ``checkpoints_stale``, ``clock_untrusted``); which cameras and volumes are affected, and
+    how far the clock is ahead, is at ``GET /system/health``."""
     codes = alarms_now(ctx).codes
     return {"status": "degraded" if codes else "ok", "alarms": codes}
 
@@ -43,7 +54,9 @@ def health(ctx: Annotated[Ctx, Depends(anonymous("health"))]) -> dict[str, Any]:
 @router.get("/system/health")
 def system_health(ctx: Annotated[Ctx, Depends(requires("system.health", "system.monitor"))]) -> dict[str, Any]:
     """Alarms with the cameras and volumes they concern: ``storage_full`` lists the cameras whose recording
-    stopped because no volume had room; each volume says ``ok``, ``high_water``, ``critical`` or ``unavailable``."""
+    stopped because no volume had room; each volume says ``ok``, ``high_water``, ``critical`` or ``unavailable``;
+    ``clock`` is the trusted time (``clock_untrusted``: the wall clock is ``ahead_seconds`` ahead of it, beyond the
+    tolerance, and retention deletes nothing)."""
     found = alarms_now(ctx)
     with ctx.db.session() as s:
         ctx.record(s, audit.Event("system.health", "allowed", reason=",".join(found.codes) or "ok"))
@@ -59,8 +72,9 @@ class _Collector:
     def collect(self):  # type: ignore[no-untyped-def]
         ctx = self.ctx
         now = ctx.now_us
+        clock = clock_now(ctx)
         with ctx.db.session() as s:
-            found = storage_alarms(s, ctx.settings, ctx.db.database_id(), now)
+            found = storage_alarms(s, ctx.settings, ctx.db.database_id(), now, clock)
             integrity = metric_families(s)
             states = dict(
                 s.execute(
@@ -110,6 +124,16 @@ class _Collector:
         yield free
         yield total
         yield state
+        yield GaugeMetricFamily(
+            "nvr_clock_untrusted",
+            "1 while the wall clock runs ahead of the trusted time beyond the tolerance (retention deletes nothing)",
+            value=0.0 if clock.trusted else 1.0,
+        )
+        yield GaugeMetricFamily(
+            "nvr_clock_ahead_seconds",
+            "Wall clock minus the trusted time (newest signed checkpoint plus monotonic time since); negative: behind",
+            value=clock.ahead_seconds,
+        )
         yield from integrity
 
 

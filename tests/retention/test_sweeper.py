@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select, update
 
+from integrity.tombstones import check_tombstones, parse_run_event
 from nvr.clock import FakeClock
 from nvr.models import (
     AuditEvent,
@@ -140,6 +141,15 @@ def _sweep_events(rt: Runtime) -> list[AuditEvent]:
         )
 
 
+def _summaries(rt: Runtime) -> list[AuditEvent]:
+    """The one batch-level summary of each batch (no camera); the others are one event per deleted run."""
+    return [e for e in _sweep_events(rt) if e.camera_id is None]
+
+
+def _tombstones_proven(rt: Runtime) -> None:
+    assert check_tombstones(rt.db, rt.settings.retention_floor_days) == []
+
+
 def _sweeper(rt: Runtime, now_us: int, **kw: object) -> Sweeper:
     return Sweeper(rt.db, rt.settings, FakeClock(now_us), **kw)  # type: ignore[arg-type]
 
@@ -183,10 +193,25 @@ def test_forty_days_later_exactly_the_unprotected_expired_segments_are_gone(runt
         assert [tuple(t) for t in tomb] == [("cam1", 1, 3), ("cam1", 7, 10), ("cam2", 1, 7), ("cam2", 9, 10)]
         done = s.scalar(select(func.count()).select_from(SweepBatch).where(SweepBatch.state == "done"))
     events = _sweep_events(rt)
-    assert len(events) == done == len(report.batches) >= 1
-    assert sum(e.bytes or 0 for e in events) == report.bytes
-    assert all(e.actor_name == "system" and e.object_id == f"sweep_batch:{b}" for e, b in zip(events, report.batches))
-    assert "cam1 seq 1..3,7..10 (7 segments)" in (events[0].reason or "")
+    summaries = _summaries(rt)
+    assert len(summaries) == done == len(report.batches) == 1
+    assert events[-1].camera_id is None  # each batch's summary comes after its runs' events
+    assert sum(e.bytes or 0 for e in summaries) == sum(e.bytes or 0 for e in events if e.camera_id) == report.bytes
+    assert all(e.actor_name == "system" and e.object_id == f"sweep_batch:{report.batches[0]}" for e in events)
+    assert "cam1 seq 1..3,7..10 (7 segments)" in (summaries[0].reason or "")
+    # One event per run: its camera, window, bytes and reason name exactly what its tombstone stands for.
+    with rt.db.session() as s:
+        tombs = {(t.camera_id, t.first_seq): t for t in s.scalars(select(SegmentTombstone))}
+    runs = [(e, parse_run_event(e.seq, e.at_us, e.object_id, e.reason)) for e in events if e.camera_id]
+    assert sorted((e.camera_id, c.first_seq, c.last_seq) for e, c in runs if c) == [tuple(t) for t in tomb]
+    for e, c in runs:
+        assert c is not None and e.camera_id is not None, e.reason
+        t = tombs[(e.camera_id, c.first_seq)]
+        assert (c.prev_link, c.last_link, c.segments) == (t.prev_link, t.last_link, t.segments)
+        assert (c.min_days, c.floor) == (30, 30)
+        assert (e.window_start_us, e.window_end_us, e.bytes, e.at_us) == (t.start_us, t.end_us, t.bytes, now)
+    assert (runs[0][0].reason or "").startswith("reason max_age; seq 1..3 (3 segments); prev_link ")
+    _tombstones_proven(rt)
 
     # A second run finds nothing; tampering with what the sweeper kept is still reported.
     assert _sweeper(rt, now).run().segments == 0
@@ -258,7 +283,8 @@ def test_a_crash_at_any_step_leaves_no_orphan_and_resumes(runtime: Runtime, step
         assert s.scalar(select(func.count()).select_from(SweepBatch).where(SweepBatch.state != "done")) == 0
         assert s.execute(select(SegmentTombstone.camera_id, SegmentTombstone.first_seq, SegmentTombstone.last_seq)
                          .order_by(SegmentTombstone.camera_id)).all() == [("cam1", 1, 4), ("cam2", 1, 4)]  # fmt: skip
-    assert [e.object_id for e in _sweep_events(rt)] == [f"sweep_batch:{b}" for b in done]
+    assert [e.object_id for e in _summaries(rt)] == [f"sweep_batch:{b}" for b in done]
+    _tombstones_proven(rt)  # each tombstone spans runs of several batches, one event each
     with rt.db.session() as s:  # every row is gone: the next segment must continue from the tombstone
         assert catalog.chain_head(s, "cam1") == (
             4,
@@ -403,8 +429,10 @@ def test_cli_dry_run_changes_nothing_and_the_sweep_is_audited_as_the_cli_user(ru
     assert out.returncode == 0, out.stderr
     assert "cam1" in out.stdout and "3 segment" in out.stdout
     assert _rows(rt) == {} and _files(rt) == set()
-    (event,) = _sweep_events(rt)
-    assert (event.actor_name or "").startswith("cli:") and event.user_agent == "nvr-cli" and event.camera_id == "cam1"
+    run, batch = _sweep_events(rt)
+    for event in (run, batch):
+        assert (event.actor_name or "").startswith("cli:") and event.user_agent == "nvr-cli"
+    assert run.camera_id == "cam1" and batch.camera_id is None and run.bytes == batch.bytes
 
 
 def test_scheduler_sweeps_at_start_and_when_woken(runtime: Runtime) -> None:
