@@ -59,7 +59,5 @@ def policy_digest(policy: RetentionPolicy) -> str:
 def registry_digests(session: Session) -> dict[str, dict[str, str]]:
     """``{"cameras": {id: digest}, "policies": {str(id): digest}}`` of every record, as a checkpoint signs them."""
     cams = {c.id: camera_digest(c) for c in session.scalars(select(Camera).order_by(Camera.id))}
-    pols = {
-        str(p.id): policy_digest(p) for p in session.scalars(select(RetentionPolicy).order_by(RetentionPolicy.id))
-    }
+    pols = {str(p.id): policy_digest(p) for p in session.scalars(select(RetentionPolicy).order_by(RetentionPolicy.id))}
     return {"cameras": cams, "policies": pols}

@@ -11,7 +11,10 @@ Rules (docs/retention/policies.md):
 - A change that makes the capacity forecast worse for any camera is refused (``capacity_insufficient``) unless the
   caller acknowledges it; the audit event then names what was acknowledged.
 
-Every change writes exactly one audit event, in the same transaction, with the old and new values in its reason.
+Every change writes exactly one audit event, in the same transaction, with the old and new values in its reason;
+the reason ends with ``; record sha256 <digest>``, the changed record's digest after the change (integrity.records:
+the policy's, or for an assignment the camera's), which ``nvr verify`` compares with the record
+(integrity.registry_check). The API and the CLI both change policies through these functions.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from integrity.audit_log import Actor, Event, RequestMeta, record
+from integrity.records import camera_digest, policy_digest
+from integrity.registry_check import deleted_note, previous_default_note, with_digest
 from nvr import registry
 from nvr.clock import iso
 from nvr.config import Settings
@@ -169,6 +174,8 @@ def _extend(s: Session, camera_ids: Select[Any] | list[str], days: int) -> int:
 
 
 def _audit(s: Session, ch: Change, action: str, name: str, reason: str, camera_id: str | None = None) -> None:
+    """One event for policy ``name``; ``reason`` already ends with the digest (:func:`with_digest`) where a record
+    remains."""
     ev = Event(action, "ok", camera_id=camera_id, object_id=f"policy:{name}", reason=reason)
     record(s, ch.now_us, ch.actor, ch.meta, ev)
 
@@ -204,7 +211,8 @@ def create(
     )
     s.add(p)
     s.flush()
-    _audit(s, ch, "retention.policy.create", name, f"min_days={min_days} max_days={_days(max_days)}")
+    reason = f"min_days={min_days} max_days={_days(max_days)}"
+    _audit(s, ch, "retention.policy.create", name, with_digest(reason, policy_digest(p)))
     return Saved(p)
 
 
@@ -251,7 +259,8 @@ def update(
         changes.append(f"retain_until extended on {extended} segment(s) of {len(cams)} camera(s)")
     p.min_days, p.max_days, p.description, p.updated_us = new_min, new_max, text, ch.now_us
     s.flush()
-    _audit(s, ch, "retention.policy.update", name, _with_note("; ".join(changes) or "no change", warnings))
+    reason = _with_note("; ".join(changes) or "no change", warnings)
+    _audit(s, ch, "retention.policy.update", name, with_digest(reason, policy_digest(p)))
     return Saved(p, warnings, extended)
 
 
@@ -269,13 +278,18 @@ def delete(s: Session, ch: Change, name: str) -> None:
             "policy_in_use",
             f"{len(cams)} camera(s) use policy {name!r} ({shown}); assign them another policy first",
         )
+    last = policy_digest(p)
     s.delete(p)
     s.flush()
-    _audit(s, ch, "retention.policy.delete", name, f"min_days={p.min_days} max_days={_days(p.max_days)}")
+    reason = f"min_days={p.min_days} max_days={_days(p.max_days)}" + deleted_note(p.id, last)
+    _audit(s, ch, "retention.policy.delete", name, reason)
 
 
 def set_default(s: Session, ch: Change, name: str) -> RetentionPolicy:
-    """Make ``name`` the default for cameras added from now on; cameras keep the policy they have."""
+    """Make ``name`` the default for cameras added from now on; cameras keep the policy they have.
+
+    Two records change (the previous default loses ``is_default``): both get the change's time as ``updated_us``,
+    and the one event names both digests, the previous default's before the new one's."""
     p = get(s, name)
     old = default(s)
     # One statement over every row, so two concurrent calls cannot leave two defaults behind.
@@ -285,8 +299,15 @@ def set_default(s: Session, ch: Change, name: str) -> RetentionPolicy:
         .execution_options(synchronize_session="fetch")
     )
     p.updated_us = ch.now_us
+    if old.id != p.id:
+        old.updated_us = ch.now_us
     s.flush()
-    _audit(s, ch, "retention.policy.default", name, f"default policy {old.name} → {name}")
+    s.refresh(p)
+    reason = f"default policy {old.name} → {name}"
+    if old.id != p.id:
+        s.refresh(old)
+        reason += previous_default_note(old.name, policy_digest(old))
+    _audit(s, ch, "retention.policy.default", name, with_digest(reason, policy_digest(p)))
     return p
 
 
@@ -303,18 +324,21 @@ def assign(s: Session, ch: Change, camera_id: str, name: str) -> Saved:
         extended = _extend(s, [camera_id], max(p.min_days, ch.floor_days))
     cam.policy_id, cam.updated_us = p.id, ch.now_us
     s.flush()
+    digest = camera_digest(cam)
     reason = (
         f"policy {old.name} (min_days {old.min_days}, max_days {_days(old.max_days)}) → {p.name} "
         f"(min_days {p.min_days}, max_days {_days(p.max_days)}); retain_until extended on {extended} segment(s)"
     )
-    _audit(s, ch, "retention.policy.assign", name, _with_note(reason, warnings), camera_id=camera_id)
+    _audit(
+        s, ch, "retention.policy.assign", name, with_digest(_with_note(reason, warnings), digest), camera_id=camera_id
+    )
     return Saved(p, warnings, extended)
 
 
 def place_new_camera(s: Session, ch: Change, camera_id: str, name: str | None) -> Saved:
     """A camera just added (flushed, no footage yet): put it on ``name`` (the default when None) and check that the
-    volumes can keep its footage too, its rate estimated from the cameras already measured. The caller audits the
-    camera's creation, with :func:`creation_note` in the reason."""
+    volumes can keep its footage too, its rate estimated from the cameras already measured. The caller
+    (api.cameras.create_camera) audits the camera's creation, with :func:`creation_note` in the reason."""
     p = get(s, name) if name is not None else default(s)
     cam = registry.get(s, camera_id)
     cam.policy_id = p.id

@@ -1,6 +1,7 @@
 """Cameras over HTTP. Base information is protected: stream URLs (never with credentials), exact location and
 installation details go to admins only; everyone else sees only the cameras a grant of theirs covers, and any
-other camera answers 404 as if it did not exist. Every listing and read is audited."""
+other camera answers 404 as if it did not exist. Every listing and read is audited here; every change is made and
+audited by the service functions of :mod:`api.cameras` (the same ones the CLI calls)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import audit, grants
+from api import cameras as service
 from api.context import Ctx, requires
 from api.people import Principal
 from api.routes.policies import Acknowledge, change
@@ -107,12 +109,12 @@ def add_camera(
     ctx.hint(camera_id=body.id[:64])
     fields = registry.CameraFields(**body.model_dump(exclude=NOT_FIELDS))
     with ctx.db.session() as s:
-        cam = registry.add(s, body.id, fields, actor=f"user:{ctx.me.user_id}", now_us=ctx.now_us)
-        saved = policies.place_new_camera(s, change(ctx, body.acknowledge_capacity_warning), cam.id, body.policy)
-        ctx.record(s, audit.Event("camera.create", "ok", camera_id=cam.id, reason=policies.creation_note(saved)))
+        made = service.create_camera(
+            s, change(ctx, body.acknowledge_capacity_warning), body.id, fields, policy=body.policy
+        )
         return {
-            **camera_view(cam, True, saved.policy.name),
-            "capacity_warnings": [w.as_dict() for w in saved.warnings],
+            **camera_view(made.camera, True, made.placed.policy.name),
+            "capacity_warnings": [w.as_dict() for w in made.placed.warnings],
         }
 
 
@@ -128,14 +130,13 @@ def update_camera(
     values = body.model_dump(exclude=NOT_FIELDS)
     changed = sorted(k for k, v in values.items() if v is not None)
     warnings = []
+    ch = change(ctx, body.acknowledge_capacity_warning)
     with ctx.db.session() as s:
         if changed or body.policy is None:
-            cam = registry.update(s, camera_id, registry.CameraFields(**values), now_us=ctx.now_us)
-            ctx.record(s, audit.Event("camera.update", "ok", camera_id=cam.id, reason=", ".join(changed) or None))
+            service.update_camera(s, ch, camera_id, registry.CameraFields(**values))
         if body.policy is not None:
             ctx.hint(object_id=f"policy:{body.policy[:64]}")
-            saved = policies.assign(s, change(ctx, body.acknowledge_capacity_warning), camera_id, body.policy)
-            warnings = [w.as_dict() for w in saved.warnings]
+            warnings = [w.as_dict() for w in policies.assign(s, ch, camera_id, body.policy).warnings]
         cam = registry.get(s, camera_id)
         return {
             **camera_view(cam, True, policies.policy_of(s, camera_id).name),
@@ -152,8 +153,5 @@ def camera_state(
     if body.state not in registry.STATES:
         raise NvrError(Kind.INVALID_ARGUMENT, "camera_state_invalid", f"state must be one of {registry.STATES}")
     with ctx.db.session() as s:
-        cam = registry.transition(
-            s, camera_id, body.state, actor=f"user:{ctx.me.user_id}", now_us=ctx.now_us, reason=body.reason
-        )
-        ctx.record(s, audit.Event("camera.state", "ok", camera_id=cam.id, reason=f"{body.state}: {body.reason or ''}"))
+        cam = service.change_state(s, change(ctx), camera_id, body.state, body.reason)
         return camera_view(cam, True, policies.policy_of(s, cam.id).name)

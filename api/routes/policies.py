@@ -1,6 +1,7 @@
 """Retention policies over HTTP: admins (``retention.manage``) change them and assign cameras; admins, approvers
-and auditors (``retention.read``) read them. The rules live in :mod:`retention.policies`; every change is one audit
-event written there, every read one here, and every refusal one through the error handler.
+and auditors (``retention.read``) read them. The rules live in :mod:`retention.policies` (the CLI calls the same
+functions); every change is one audit event written there, naming the changed record's digest, every read one
+here, and every refusal one through the error handler.
 
 A change that makes the capacity forecast worse for any camera answers 409 ``capacity_insufficient`` naming the
 cameras, unless the body says ``"acknowledge_capacity_warning": true``: then it is saved, the answer lists the

@@ -1,15 +1,19 @@
 """``nvr serve --demo``: simulated cameras served over RTSP inside the process, registered and recorded.
 
 The cameras are ordinary registry entries (``demo-1`` … ``demo-N``, unit "Demo"), so everything downstream, the
-recorder, status, and later the API, treats them exactly as it treats a real camera.
+recorder, status, and later the API, treats them exactly as it treats a real camera. They are registered through
+a :class:`Registrar` the caller hands in (``nvr serve --demo``: api.cameras.Registrar, the audited service
+functions), so their changes are audit events like any other camera's.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
+
+from sqlalchemy.orm import Session
 
 from nvr import registry
-from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
 from nvr.demo.pattern import encode_pattern
@@ -20,7 +24,17 @@ log = logging.getLogger(__name__)
 DEMO_UNIT = "Demo"
 
 
-def start_demo(settings: Settings, db: Database, clock: Clock) -> DemoRtspServer:
+class Registrar(Protocol):
+    """How the demo changes the registry (each call writes its own audit event in ``s``)."""
+
+    def add(self, s: Session, camera_id: str, fields: registry.CameraFields) -> None: ...
+
+    def update(self, s: Session, camera_id: str, fields: registry.CameraFields) -> None: ...
+
+    def transition(self, s: Session, camera_id: str, to_state: str) -> None: ...
+
+
+def start_demo(settings: Settings, db: Database, registrar: Registrar) -> DemoRtspServer:
     pattern = encode_pattern(
         width=settings.demo_width,
         height=settings.demo_height,
@@ -40,7 +54,7 @@ def start_demo(settings: Settings, db: Database, clock: Clock) -> DemoRtspServer
             url = server.url(name)
             cam = s.get(Camera, name)
             if cam is None:
-                registry.add(
+                registrar.add(
                     s,
                     name,
                     registry.CameraFields(
@@ -50,13 +64,11 @@ def start_demo(settings: Settings, db: Database, clock: Clock) -> DemoRtspServer
                         installation_notes="built-in simulated camera (nvr serve --demo)",
                         share_class="authorized",
                     ),
-                    actor="demo",
-                    now_us=clock.now_us(),
                 )
             elif cam.stream_url != url and cam.state != "decommissioned":
-                registry.update(s, name, registry.CameraFields(stream_url=url), now_us=clock.now_us())
+                registrar.update(s, name, registry.CameraFields(stream_url=url))
             cam = registry.get(s, name)
             if cam.state in ("registered", "suspended") and cam.managing_unit == DEMO_UNIT:
-                registry.transition(s, name, "active", actor="demo", now_us=clock.now_us())
+                registrar.transition(s, name, "active")
     log.info("demo: %d simulated camera(s) at rtsp://%s:%d/demo-N", len(names), settings.demo_rtsp_host, server.port)
     return server
