@@ -39,7 +39,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     ),
     "officer": frozenset({"footage", "footage.request", "holds.place", "exports.request", "exports.cosign"}),
     "operator": frozenset({"footage", "system.monitor"}),
-    "auditor": frozenset({"audit.read", "retention.read", "exports.oversee", "integrity.read"}),
+    "auditor": frozenset({"audit.read", "retention.read", "exports.oversee", "integrity.read", "integrity.resolve"}),
     "viewer": frozenset({"footage"}),
 }
 # Which footage actions a grant may give a holder of each role.

@@ -47,7 +47,7 @@ from nvr.background import BackgroundLoop
 from nvr.clock import Clock, iso
 from nvr.config import Settings
 from nvr.db import Database
-from nvr.models import IntegrityFinding, Meta, Segment, SegmentTombstone, Volume
+from nvr.models import IntegrityFinding, Meta, Segment, Volume
 
 log = logging.getLogger(__name__)
 
@@ -281,39 +281,28 @@ class Scrubber(BackgroundLoop):
 
 
 def resolve_segment(session: Session, camera_id: str, seq: int, now_us: int) -> int:
-    """Resolve the open hash_mismatch / missing_file findings of a segment now found fine; returns how many."""
+    """Mark the open hash_mismatch / missing_file findings of a segment now found fine as *intact again*
+    (``intact_us``); returns how many. They stay open: only a person resolves a finding, with a note
+    (integrity.findings.resolve), so a tampered archive is never "repaired" silently."""
     rows = session.scalars(
         select(IntegrityFinding).where(
             IntegrityFinding.resolved_us.is_(None),
+            IntegrityFinding.intact_us.is_(None),
             IntegrityFinding.kind.in_(SEGMENT_KINDS),
             IntegrityFinding.camera_id == camera_id,
             IntegrityFinding.seq == seq,
         )
     ).all()
     for f in rows:
-        f.resolved_us = now_us
+        f.intact_us = now_us
     session.flush()
     return len(rows)
 
 
 def resolve_swept(session: Session, now_us: int) -> int:
-    """Resolve open hash_mismatch / missing_file findings of segments the sweeper has since deleted (their numbers
-    are inside a tombstone): there is nothing left to repair. A row deleted any other way stays open."""
-    T = SegmentTombstone
-    rows = session.scalars(
-        select(IntegrityFinding).where(
-            IntegrityFinding.resolved_us.is_(None),
-            IntegrityFinding.kind.in_(SEGMENT_KINDS),
-            select(T.id)
-            .where(T.camera_id == IntegrityFinding.camera_id, T.first_seq <= IntegrityFinding.seq)
-            .where(T.last_seq >= IntegrityFinding.seq)
-            .exists(),
-        )
-    ).all()
-    for f in rows:
-        f.resolved_us = now_us
-    session.flush()
-    return len(rows)
+    """Findings of segments the sweeper has since deleted stay open too (what was damaged, and when, is still
+    evidence); nothing is marked. Kept so callers need not change; returns 0."""
+    return 0
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------

@@ -40,12 +40,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from integrity import audit_log, chain
 from integrity.problems import Problem
 from nvr.config import Settings
 from nvr.db import Database
+from nvr.errors import NvrError
 from nvr.models import (
     AuditEvent,
     Camera,
@@ -248,39 +250,69 @@ def verify_archive(
 ) -> Report:
     """Check the whole archive (see the module docstring); read-only. Problems come sorted by camera, seq, kind.
     ``settings`` says where the pinned keys and witnesses are; ``against``: checkpoint copies an auditor kept."""
+    from integrity import checkpoint_verify, registry_check, tombstones
+
     started = time.monotonic()
     report = Report()
     problems: list[Problem] = []
-    with db.session() as s:
-        volumes = {v.id: Path(v.path) for v in s.scalars(select(Volume))}
-        cameras = list(s.scalars(select(Camera.id).order_by(Camera.id)))
-    mounted = {vid: (p / VOLUME_IDENTITY_FILE).is_file() for vid, p in volumes.items()}
-    report.cameras = len(cameras)
-
+    volumes: dict[str, Path] = {}
+    cameras: list[str] = []
     heads: dict[str, tuple[int, str]] = {}
-    for cam in cameras:
-        found, rows, head = _camera_chain(db, cam, batch)
-        if found:  # a sweep running beside us can delete rows between two reads: look again before reporting
+    cps = checkpoint_verify.Result()
+
+    def stage(name: str, run: Callable[[], list[Problem] | None]) -> None:
+        """One part of the check; a damaged or half-restored database makes it ``unverifiable``, not a crash."""
+        try:
+            problems.extend(run() or [])
+        except (SQLAlchemyError, NvrError, OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("verify: %s cannot be checked: %s", name, exc)
+            what = getattr(exc, "message", None) or str(exc).splitlines()[0][:300]
+            problems.append(Problem("unverifiable", None, None, None, name, f"cannot be checked: {what}"))
+
+    def catalogue() -> None:
+        with db.session() as s:
+            volumes.update({v.id: Path(v.path) for v in s.scalars(select(Volume))})
+            cameras.extend(s.scalars(select(Camera.id).order_by(Camera.id)))
+        report.cameras = len(cameras)
+
+    def chains() -> list[Problem]:
+        out: list[Problem] = []
+        for cam in cameras:
             found, rows, head = _camera_chain(db, cam, batch)
-        problems += found
-        report.rows += rows
-        heads[cam] = head
+            if found:  # a sweep running beside us can delete rows between two reads: look again before reporting
+                found, rows, head = _camera_chain(db, cam, batch)
+            out += found
+            report.rows += rows
+            heads[cam] = head
+        return out
 
-    problems += _rehash(db, volumes, mounted, report, progress, threads, batch)
-    for vid, path in volumes.items():
-        if mounted[vid]:
-            problems += _unknown_files(db, vid, path, report)
-    from integrity import checkpoint_verify, registry_check, tombstones
+    def files() -> list[Problem]:
+        mounted = {vid: (p / VOLUME_IDENTITY_FILE).is_file() for vid, p in volumes.items()}
+        out = _rehash(db, volumes, mounted, report, progress, threads, batch)
+        for vid, path in volumes.items():
+            if mounted[vid]:
+                out += _unknown_files(db, vid, path, report)
+        return out
 
-    cps = checkpoint_verify.check(db, settings, heads, against=against)
-    report.checkpoints = cps.checkpoints
-    problems += cps.problems
-    with db.session() as s:
-        problems += registry_check.check_registry(s, cps.newest_body)
+    def chain_of_checkpoints() -> list[Problem]:
+        nonlocal cps
+        cps = checkpoint_verify.check(db, settings, heads, against=against)
+        report.checkpoints = cps.checkpoints
+        return cps.problems
+
+    def registry() -> list[Problem]:
+        with db.session() as s:
+            return registry_check.check_registry(s, cps.newest_body)
+
+    stage("catalogue", catalogue)
+    stage("segment chains", chains)
+    stage("segment files", files)
+    stage("checkpoints", chain_of_checkpoints)
+    stage("registry", registry)
     # Each run is judged by the floor and policy minimum its own event recorded, never below the legal 30 days:
     # raising the floor later must not turn earlier, lawful deletions into findings.
-    problems += tombstones.check_tombstones(db, LEGAL_FLOOR_DAYS)
-    problems += _audit(db, report)
+    stage("tombstones", lambda: tombstones.check_tombstones(db, LEGAL_FLOOR_DAYS))
+    stage("audit log", lambda: _audit(db, report))
 
     order = {k: i for i, k in enumerate(KINDS)}
     problems.sort(key=lambda p: (p.camera_id or "", p.seq if p.seq is not None else -1, order.get(p.kind, 99)))
@@ -599,14 +631,22 @@ def open_finding(session: Session, p: Problem, source: str, now_us: int) -> Inte
 
 
 def record_findings(session: Session, problems: list[Problem], now_us: int) -> tuple[int, int]:
-    """Store a whole-archive check's problems as findings (``source="verify"``) and resolve every open finding it
-    no longer sees (it looked at everything). Returns (new, resolved)."""
-    new = sum(1 for p in problems if open_finding(session, p, "verify", now_us) is not None)
+    """Store a whole-archive check's problems as findings (``source="verify"``). Open findings this full check no
+    longer sees are marked intact again (``intact_us``), never resolved: a person resolves them with a note
+    (integrity.findings.resolve). A finding seen again loses its ``intact_us``. Returns (new, intact again)."""
+    new = 0
+    for p in problems:
+        if open_finding(session, p, "verify", now_us) is not None:
+            new += 1
+        else:
+            f = find_open(session, p)
+            if f is not None:
+                f.intact_us = None
     seen = {p.key for p in problems}
-    resolved = 0
+    intact = 0
     for f in open_findings(session):
-        if (f.kind, f.camera_id, f.seq, f.subject) not in seen:
-            f.resolved_us = now_us
-            resolved += 1
+        if (f.kind, f.camera_id, f.seq, f.subject) not in seen and f.intact_us is None:
+            f.intact_us = now_us
+            intact += 1
     session.flush()
-    return new, resolved
+    return new, intact

@@ -202,30 +202,22 @@ def camera_add(
 ) -> None:
     """Register a camera (id: 20-digit GB/T 28181 code or a slug) on a retention policy. If the capacity forecast
     says a policy could then not be met, it asks first (--yes: do not ask; no terminal: refuse)."""
-    from api import audit
+    from api import cameras
     from nvr import registry
     from nvr.cli_policies import cli_change, confirmed, warning_lines
-    from retention import policies
 
+    fields = _fields(name, url, unit, address, lat, lon, notes, share_class)
     rt = _runtime()
 
     def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
         with rt.db.session() as s:
-            now = rt.clock.now_us()
-            cam = registry.add(
-                s, camera_id, _fields(name, url, unit, address, lat, lon, notes, share_class), actor="cli", now_us=now
+            made = cameras.create_camera(
+                s, cli_change(rt, acknowledge), camera_id, fields, policy=policy, activate=activate
             )
-            saved = policies.place_new_camera(s, cli_change(rt, acknowledge), camera_id, policy)
-            if activate:
-                registry.transition(s, camera_id, "active", actor="cli", now_us=now)
-            reason = policies.creation_note(saved) + ("; activated" if activate else "")
-            audit.record(
-                s, now, _cli_actor(), audit.CLI, audit.Event("camera.create", "ok", camera_id=cam.id, reason=reason)
-            )
-            view = registry.public_view(cam)
-            view["policy"] = saved.policy.name
-            view["capacity_warnings"] = [w.as_dict() for w in saved.warnings]
-            return view, saved.warnings
+            view = registry.public_view(made.camera)
+            view["policy"] = made.placed.policy.name
+            view["capacity_warnings"] = [w.as_dict() for w in made.placed.warnings]
+            return view, made.placed.warnings
 
     view, warnings = confirmed(run, yes)
     _emit(view, as_json, f"camera {view['id']} {view['state']} (policy {view['policy']})" + warning_lines(warnings))
@@ -282,6 +274,7 @@ def camera_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a camera's record (the id never changes). --policy works as 'nvr retention policy assign'."""
+    from api import cameras
     from nvr import registry
     from nvr.cli_policies import cli_change, confirmed, warning_lines
     from retention import policies
@@ -292,10 +285,11 @@ def camera_update(
     def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
         with rt.db.session() as s:
             warnings = []
+            ch = cli_change(rt, acknowledge)
             if policy is None or any(v is not None for v in fields.__dict__.values()):
-                registry.update(s, camera_id, fields, now_us=rt.clock.now_us())
+                cameras.update_camera(s, ch, camera_id, fields)
             if policy is not None:
-                warnings = policies.assign(s, cli_change(rt, acknowledge), camera_id, policy).warnings
+                warnings = policies.assign(s, ch, camera_id, policy).warnings
             view = registry.public_view(registry.get(s, camera_id))
             view["policy"] = policies.policy_of(s, camera_id).name
             return view, warnings
@@ -305,11 +299,12 @@ def camera_update(
 
 
 def _transition(camera_id: str, to_state: str, reason: str | None) -> None:
-    from nvr import registry
+    from api import cameras
+    from nvr.cli_policies import cli_change
 
     rt = _runtime()
     with rt.db.session() as s:
-        cam = registry.transition(s, camera_id, to_state, actor="cli", now_us=rt.clock.now_us(), reason=reason)
+        cam = cameras.change_state(s, cli_change(rt), camera_id, to_state, reason)
         typer.echo(f"camera {cam.id} {cam.state}")
 
 
@@ -454,7 +449,7 @@ def _sweeper_and_recorder(rt: Any) -> tuple[list[Any], Any]:
     and at once when a worker finds no volume with room; beside it the signed checkpoints and the scrubber."""
     from retention.sweeper import SweepScheduler
 
-    sweeper = SweepScheduler(rt.db, rt.settings, rt.clock)
+    sweeper = SweepScheduler(rt.db, rt.settings, rt.clock, trusted=rt.trusted)
     ctx = rt.recorder_context()
     ctx.on_storage_full = sweeper.wake
     sweeper.start()
@@ -466,7 +461,7 @@ def _integrity_services(rt: Any, scrub: bool) -> list[Any]:
     background scrubber (where the recorder runs: it reads the disks)."""
     from integrity.checkpoints import CheckpointScheduler
 
-    started: list[Any] = [CheckpointScheduler(rt.db, rt.settings, rt.clock, rt.settings.keys_dir)]
+    started: list[Any] = [CheckpointScheduler(rt.db, rt.settings, rt.clock, rt.settings.keys_dir, trusted=rt.trusted)]
     if scrub and rt.settings.scrub_read_mb_per_second > 0:
         from integrity.scrubber import Scrubber
 
@@ -491,9 +486,12 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
     rt.init_default_volume()
     demo_server = None
     if demo:
+        from api.audit import INTERNAL, Actor
+        from api.cameras import Registrar
         from nvr.demo.service import start_demo
 
-        demo_server = start_demo(rt.settings, rt.db, rt.clock)
+        registrar = Registrar(rt.settings, rt.clock, Actor(None, "demo", None, None), INTERNAL)
+        demo_server = start_demo(rt.settings, rt.db, registrar)
     background, ctx = _sweeper_and_recorder(rt)
     sup = Supervisor(ctx)
     sup.start()
@@ -645,24 +643,44 @@ def user_enable(username: str) -> None:
 
 @audit_app.command("verify")
 def audit_verify(as_json: JsonOpt = False) -> None:
-    """Recompute the audit chain; exit 1 naming the first event edited, removed or reordered."""
-    from api import audit
+    """Recompute the audit chain and check it against every signed checkpoint (and the witness copies): exit 1
+    naming the first event edited, removed or reordered, or a tail re-chained or cut off since a checkpoint."""
+    from integrity import checkpoint_verify
+    from integrity.audit_log import verify
 
     rt = _runtime(migrate=False)
     with rt.db.session() as s:
-        checked, problem = audit.verify(s)
-    data = {"ok": problem is None, "checked": checked, "problem": None if problem is None else problem.__dict__}
-    if problem is None:
-        _emit(data, as_json, f"audit trail intact: {checked} event(s) verified")
+        checked, problem = verify(s)
+    cps = checkpoint_verify.check(rt.db, rt.settings, cameras=False)
+    against = cps.problems
+    data = {
+        "ok": problem is None and not against,
+        "checked": checked,
+        "checkpoints": cps.checkpoints,
+        "problem": None if problem is None else problem.__dict__,
+        "checkpoint_problems": [p.as_dict() for p in against],
+    }
+    lines = [p.line() for p in against]
+    if problem is None and not against:
+        _emit(data, as_json, f"audit trail intact: {checked} event(s) verified, {cps.checkpoints} checkpoint(s) agree")
         return
-    _emit(data, as_json, f"AUDIT TRAIL BROKEN at {problem} ({checked} event(s) verified before it)")
+    head = (
+        f"AUDIT TRAIL BROKEN at {problem} ({checked} event(s) verified before it)"
+        if problem is not None
+        else f"AUDIT TRAIL DISAGREES WITH ITS CHECKPOINTS ({checked} event(s) chain by themselves)"
+    )
+    _emit(data, as_json, "\n".join([head, *lines]))
     raise typer.Exit(1)
 
 
 # Command groups kept in their own modules register onto the apps above (they import this module's helpers).
 from nvr import (  # noqa: E402,F401
+    cli_backup,
     cli_capacity,
+    cli_checkpoints,
+    cli_clock,
     cli_holds,
+    cli_integrity,
     cli_keys,
     cli_policies,
     cli_sweep,

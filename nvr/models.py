@@ -566,3 +566,9 @@ class IntegrityFinding(Base):
     """``scrubber`` or ``verify``."""
     found_us: Mapped[int] = mapped_column(BigInteger)
     resolved_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When a person resolved it (integrity.findings.resolve); never set by an automatic check."""
+    resolved_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    resolution_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    intact_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When an automatic check last found the subject intact again (None while it still fails): a hint for the
+    person resolving it, not a resolution."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import Field
 
 from api import audit
 from api.context import Ctx, requires
+from api.routes.schemas import Body
 from integrity import keys
 from integrity.verify_archive import open_findings
 from nvr.clock import iso
@@ -58,6 +60,7 @@ def findings(
                     "detail": f.detail,
                     "source": f.source,
                     "found": iso(f.found_us),
+                    "intact_again": iso(f.intact_us),
                 }
                 for f in rows
             ]
@@ -101,4 +104,30 @@ def checkpoint_chain(
             "key_log": keylog.read_lines(ctx.services.settings.keys_dir),
             "checkpoints": [witness.entry(r) for r in rows],
             "more": more,
+        }
+
+
+class ResolveBody(Body):
+    note: str = Field(min_length=1, max_length=2000, description="What was found and done.")
+
+
+@router.post("/integrity/findings/{finding_id}/resolve")
+def resolve_finding(
+    ctx: Annotated[Ctx, Depends(requires("integrity.finding.resolve", "integrity.resolve"))],
+    finding_id: Annotated[int, Path(ge=1)],
+    body: ResolveBody,
+) -> dict[str, Any]:
+    """Resolve one open finding with a note (auditors). Automatic checks never resolve findings; this is the only
+    way the ``integrity_mismatch`` alarm ends, and it is audited (``integrity.finding.resolve``)."""
+    from integrity import findings
+
+    with ctx.db.session() as s:
+        f = findings.resolve(s, finding_id, body.note, actor=ctx.actor, meta=ctx.meta, now_us=ctx.now_us)
+        return {
+            "id": f.id,
+            "kind": f.kind,
+            "subject": f.subject,
+            "resolved": iso(f.resolved_us),
+            "resolved_by": f.resolved_by,
+            "note": f.resolution_note,
         }

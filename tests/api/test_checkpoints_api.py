@@ -32,3 +32,31 @@ def test_auditors_fetch_the_chain_over_http(api: Api) -> None:
     copy.write_text(json.dumps({"checkpoints": page["checkpoints"] + rest["checkpoints"], "key_log": page["key_log"]}))
     assert [e["seq"] for e in witness.read(copy)] == [1, 2, 3]
     assert verify_archive(api.rt.db, api.rt.settings, against=[copy]).ok
+
+
+def test_only_an_auditor_resolves_a_finding_and_only_with_a_note(api: Api) -> None:
+    from integrity.problems import Problem
+    from integrity.verify_archive import open_finding
+
+    api.user("aud", ["auditor"])
+    api.user("boss", ["admin"])
+    with api.rt.db.session() as s:
+        f = open_finding(
+            s, Problem("hash_mismatch", "cam-a", 3, None, "segment cam-a #3", "sha256 differs"), "verify", 1
+        )
+        assert f is not None
+        fid = f.id
+    url = f"{V1}/integrity/findings/{fid}/resolve"
+    with api.client("boss") as c:  # an admin may read findings but not clear the alarm about the archive they run
+        assert c.get(f"{V1}/integrity/findings").status_code == 200
+        r = c.post(url, json={"note": "fine"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "role_forbidden"
+    with api.client("aud") as c:
+        assert c.post(url, json={"note": ""}).status_code == 422
+        r = c.post(url, json={"note": "file restored from the offsite copy; hash checked"})
+        assert r.status_code == 200 and r.json()["resolved_by"]
+        again = c.post(url, json={"note": "again"})
+        assert again.status_code == 409 and again.json()["error"]["code"] == "finding_resolved"
+        missing = c.post(f"{V1}/integrity/findings/999999/resolve", json={"note": "x"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "finding_not_found"
+        assert c.get(f"{V1}/integrity/findings").json()["findings"] == []

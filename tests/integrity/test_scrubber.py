@@ -11,9 +11,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import select, update
 
+from integrity import audit_log, findings
 from integrity.scrubber import Scrubber, load_state, metric_families
 from integrity.verify_archive import open_findings
 from nvr.clock import FakeClock
+from nvr.errors import NvrError
 from nvr.models import AuditEvent, IntegrityFinding, RetentionPolicy
 from nvr.runtime import Runtime
 from retention.sweeper import Sweeper
@@ -69,15 +71,31 @@ def test_a_flipped_byte_is_found_once_alarmed_and_resolved_when_fixed(runtime: R
         assert len(open_findings(s)) == 1
     assert len(_events(rt, "integrity.scrub.mismatch")) == 1
 
-    # Repaired (restored from a copy): the next pass resolves it and the alarm's source is gone.
+    # Repaired (restored from a copy): the next pass says it is intact again, but only a person resolves the
+    # finding, with a note: a tampered archive is never "repaired" silently.
     path.write_bytes(good)
     counts = scrubber.run_pass()
     assert counts is not None and counts.resolved == 1 and counts.mismatch == 0
     with rt.db.session() as s:
+        (f,) = open_findings(s)
+        assert f.intact_us is not None and f.resolved_us is None
+        assert "integrity_mismatch" in storage_alarms(s, rt.settings, rt.db.database_id(), T0).codes
+    with rt.db.session() as s, pytest.raises(NvrError) as refused:
+        findings.resolve(s, f.id, "  ", actor=audit_log.SYSTEM, meta=audit_log.CLI, now_us=T0)
+    assert refused.value.code == "note_required"
+    person = audit_log.Actor(7, "Auditor A", "HQ", "auditor")
+    with rt.db.session() as s:
+        findings.resolve(s, f.id, "restored from the offsite copy", actor=person, meta=audit_log.CLI, now_us=T0)
+    with rt.db.session() as s, pytest.raises(NvrError) as twice:
+        findings.resolve(s, f.id, "again", actor=person, meta=audit_log.CLI, now_us=T0)
+    assert twice.value.code == "finding_resolved"
+    with rt.db.session() as s:
         assert open_findings(s) == []
         assert "integrity_mismatch" not in storage_alarms(s, rt.settings, rt.db.database_id(), T0).codes
         (f,) = s.scalars(select(IntegrityFinding)).all()
-        assert f.resolved_us is not None
+        assert (f.resolved_by, f.resolution_note) == ("Auditor A", "restored from the offsite copy")
+    (resolved,) = _events(rt, "integrity.finding.resolve")
+    assert resolved.actor_name == "Auditor A" and "restored from the offsite copy" in (resolved.reason or "")
     passes = _events(rt, "integrity.scrub.pass")
     assert len(passes) == 3 and all(e.outcome == "ok" for e in passes)
     assert "hash_mismatch=1" in (passes[0].reason or "") and "resolved=1" in (passes[2].reason or "")
@@ -122,7 +140,7 @@ def test_the_thread_scrubs_a_missing_file_and_the_metrics_show_it(runtime: Runti
     assert scrubber.due_in_seconds() > 0
 
 
-def test_a_finding_of_a_segment_the_sweeper_deleted_is_resolved(runtime: Runtime) -> None:
+def test_a_finding_of_a_segment_the_sweeper_deleted_stays_open(runtime: Runtime) -> None:
     rt = runtime
     add_camera(rt, "cam1")
     add_segments(rt, "cam1", T0, 2)
@@ -134,6 +152,6 @@ def test_a_finding_of_a_segment_the_sweeper_deleted_is_resolved(runtime: Runtime
         s.execute(update(RetentionPolicy).values(min_days=30, max_days=30))
     assert Sweeper(rt.db, rt.settings, FakeClock(T0 + 40 * 86_400_000_000)).run().segments == 2  # type: ignore[arg-type]
     counts = scrubber.run_pass()
-    assert counts is not None and counts.resolved == 1
-    with rt.db.session() as s:
-        assert open_findings(s) == []
+    assert counts is not None and counts.resolved == 0
+    with rt.db.session() as s:  # what was missing, and when, is still evidence until a person resolves it
+        assert [(f.kind, f.seq) for f in open_findings(s)] == [("missing_file", 1)]

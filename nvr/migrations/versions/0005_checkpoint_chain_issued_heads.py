@@ -3,6 +3,8 @@
 - ``checkpoints.seq`` counts checkpoints from 1 without holes and ``prev_hash`` is the SHA-256 of the previous
   checkpoint's body (``hash`` of this one's): version 2 bodies sign both, so a deleted, reordered or edited
   checkpoint shows. Existing (version 1) rows are numbered in creation order.
+- ``integrity_findings`` get ``resolved_by``, ``resolution_note`` and ``intact_us``: a finding is resolved only by a
+  person with a note (audited); an automatic check that finds the subject intact again only says so (``intact_us``).
 - ``camera_chain_heads`` holds the newest seq and link ever issued per camera. The recorder continues from the newest
   of this, its last row, its last tombstone and the newest checkpoint's head, so deleting the newest rows never lets
   a sequence number be issued twice.
@@ -40,6 +42,11 @@ def upgrade() -> None:
     with op.batch_alter_table("checkpoints", schema=None) as batch_op:
         batch_op.create_index("ux_checkpoints_seq", ["seq"], unique=True)
 
+    with op.batch_alter_table("integrity_findings", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("resolved_by", sa.String(length=200), nullable=True))
+        batch_op.add_column(sa.Column("resolution_note", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("intact_us", sa.BigInteger(), nullable=True))
+
     op.create_table(
         "camera_chain_heads",
         sa.Column("camera_id", sa.String(length=64), nullable=False),
@@ -76,6 +83,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("camera_chain_heads")
+    with op.batch_alter_table("integrity_findings", schema=None) as batch_op:
+        batch_op.drop_column("intact_us")
+        batch_op.drop_column("resolution_note")
+        batch_op.drop_column("resolved_by")
     with op.batch_alter_table("checkpoints", schema=None) as batch_op:
         batch_op.drop_index("ux_checkpoints_seq")
         batch_op.drop_column("hash")
