@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from integrity.audit_log import Actor, Event, RequestMeta, record
 from integrity.records import camera_digest
-from integrity.registry_check import with_digest
+from integrity.registry_check import flag_if_edited, with_digest
 from nvr import registry
 from nvr.clock import Clock
 from nvr.config import Settings
@@ -82,6 +82,7 @@ def update_camera(s: Session, ch: policies.Change, camera_id: str, fields: regis
     """Change the record's fields (``None``: leave as it is): one ``camera.update`` naming the fields that
     changed (not their values: a stream URL may carry credentials)."""
     before = registry.get(s, camera_id)
+    flag_if_edited(s, before, ch.now_us)
     old = {f: getattr(before, f) for f in FIELDS}
     cam = registry.update(s, camera_id, fields, now_us=ch.now_us)
     changed = [f for f in FIELDS if getattr(cam, f) != old[f]]
@@ -92,7 +93,9 @@ def update_camera(s: Session, ch: policies.Change, camera_id: str, fields: regis
 def change_state(s: Session, ch: policies.Change, camera_id: str, to_state: str, reason: str | None = None) -> Camera:
     """Activate, suspend or decommission (``camera_state_invalid`` when the lifecycle forbids it): one
     ``camera.state``; ``reason`` is kept in the camera's history and in the event."""
-    old = registry.get(s, camera_id).state
+    current = registry.get(s, camera_id)
+    flag_if_edited(s, current, ch.now_us)
+    old = current.state
     cam = registry.transition(s, camera_id, to_state, actor=history_actor(ch.actor), now_us=ch.now_us, reason=reason)
     _audit(s, ch, "camera.state", cam, f"{old} → {to_state}" + (f": {reason}" if reason else ""))
     return cam

@@ -135,6 +135,33 @@ def latest_camera_change(session: Session, camera_id: str) -> Audited | None:
     return Audited(int(row.seq), row.action, digest) if row is not None and digest is not None else None
 
 
+def flag_if_edited(session: Session, cam: Camera, now_us: int) -> bool:
+    """Before an audited change to ``cam``: if its record no longer has the digest its newest audited change named,
+    someone edited it outside the service functions. Open a ``registry_mismatch`` finding now, in the change's
+    transaction, so the legitimate change about to be audited cannot cover the edit. Returns True when it did."""
+    from integrity.verify_archive import open_finding
+
+    latest = latest_camera_change(session, cam.id)
+    now = camera_digest(cam)
+    if latest is None or latest.digest == now:
+        return False
+    open_finding(
+        session,
+        Problem(
+            "registry_mismatch",
+            cam.id,
+            None,
+            None,
+            f"camera {cam.id}",
+            f"its record had sha256 {_short(now)} when it was next changed, but audit event {latest.seq} "
+            f"({latest.action}) named sha256 {_short(latest.digest)}: it was edited in the database in between",
+        ),
+        "registry",
+        now_us,
+    )
+    return True
+
+
 def _camera_created_seq(session: Session, camera_id: str) -> int | None:
     return session.scalar(
         select(AuditEvent.seq)

@@ -563,7 +563,7 @@ class IntegrityFinding(Base):
     """What is affected: a file path, ``segment <camera> #<seq>``, ``checkpoint 12``, ``audit event 40``."""
     detail: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(20))
-    """``scrubber`` or ``verify``."""
+    """``scrubber``, ``verify``, ``playback`` or ``registry`` (a service call that found its record edited)."""
     found_us: Mapped[int] = mapped_column(BigInteger)
     resolved_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """When a person resolved it (integrity.findings.resolve); never set by an automatic check."""

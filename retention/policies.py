@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from integrity.audit_log import Actor, Event, RequestMeta, record
 from integrity.records import camera_digest, policy_digest
-from integrity.registry_check import deleted_note, previous_default_note, with_digest
+from integrity.registry_check import deleted_note, flag_if_edited, previous_default_note, with_digest
 from nvr import registry
 from nvr.clock import iso
 from nvr.config import Settings
@@ -314,6 +314,7 @@ def set_default(s: Session, ch: Change, name: str) -> RetentionPolicy:
 def assign(s: Session, ch: Change, camera_id: str, name: str) -> Saved:
     """Put a camera on a policy. A policy keeping footage longer extends the camera's existing segments."""
     cam = registry.get(s, camera_id)
+    flag_if_edited(s, cam, ch.now_us)
     p = get(s, name)
     old = policy_of(s, camera_id)
     warnings: list[CapacityWarning] = []

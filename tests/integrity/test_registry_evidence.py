@@ -342,3 +342,23 @@ def test_a_policy_removed_without_an_audited_deletion_is_named(runtime: Runtime)
     assert p.subject == f"policy {gone}" and "no audited deletion after audit event" in p.detail
     with rt.db.session() as s:
         assert s.scalar(select(func.count()).select_from(RetentionPolicy).where(RetentionPolicy.id == city)) == 0
+
+
+def test_a_hand_edit_is_not_covered_by_the_next_audited_change(runtime: Runtime) -> None:
+    """Edited by hand, then changed legitimately before any checkpoint: the audited change would name the digest of
+    the edited record. The service notices the record is not what its history says and opens a finding at once;
+    it stays open (and nvr verify keeps the alarm) until a person resolves it."""
+    from integrity.verify_archive import open_findings
+
+    rt = runtime
+    _add(rt, "cam-1")
+    _sql(rt, "UPDATE cameras SET share_class = 'unconditional' WHERE id = 'cam-1'")
+    with rt.db.session() as s:
+        cameras.update_camera(s, _change(rt), "cam-1", CameraFields(name="North gate"))
+    assert _check(rt) == []  # the history alone now agrees with the record...
+    with rt.db.session() as s:
+        (f,) = open_findings(s)  # ...but the edit was caught when the change was made
+        assert (f.kind, f.camera_id, f.subject, f.source) == ("registry_mismatch", "cam-1", "camera cam-1", "registry")
+    with rt.db.session() as s:  # a second change does not open a second finding
+        cameras.change_state(s, _change(rt), "cam-1", "active")
+        assert len(open_findings(s)) == 1
