@@ -23,6 +23,7 @@ database do not each write their own), creating the first signing key if there i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -89,7 +90,12 @@ def make_body(session: Session, now_us: int, database_id: str, seq: int = 0, pre
     (the newest of its rows, tombstones and issued head), the audit head, and digests of every registry record."""
     head_seq, head_hash = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).one()
     heads = chain_heads(session)
-    for cam, (q, k) in issued_heads(session).items():
+    floors = list(issued_heads(session).items())
+    last = newest(session)
+    if last is not None:  # what the previous checkpoint signed never moves back, whatever the rows now say
+        with contextlib.suppress(NvrError):
+            floors += [(c, (int(h["seq"]), str(h["link"]))) for c, h in parse_body(last.body)["cameras"].items()]
+    for cam, (q, k) in floors:
         if q > heads.get(cam, {"seq": 0})["seq"]:
             heads[cam] = {"seq": q, "link": k}
     body = {
