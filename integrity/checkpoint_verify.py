@@ -214,8 +214,8 @@ def check(
         extra_keys = pinned
         if what == "copy":
             extra_keys = keylog.verify_records(witness.read_key_log(path), frozenset(settings.trusted_key_fingerprints))
-            for k, v in pinned.keys.items():
-                extra_keys.keys.setdefault(k, v)
+            for key_id, key in pinned.keys.items():
+                extra_keys.keys.setdefault(key_id, key)
         _against_witness(res, entries, by_seq, path, what, extra_keys, cam_heads if cameras else None, audit_heads)
 
     # -- the heads every checkpoint named --

@@ -41,7 +41,7 @@ def resolve(
     if f is None:
         raise NvrError(Kind.NOT_FOUND, "finding_not_found", f"no integrity finding {finding_id}")
     who = actor.name or (f"user:{actor.id}" if actor.id is not None else "unknown")
-    done = session.execute(
+    done = session.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult has rowcount
         update(IntegrityFinding)
         .where(IntegrityFinding.id == finding_id, IntegrityFinding.resolved_us.is_(None))
         .values(resolved_us=now_us, resolved_by=who, resolution_note=text)

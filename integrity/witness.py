@@ -18,13 +18,16 @@ continue the chain, so a row forged into the database is never copied into a wit
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from integrity import checkpoints, keys
 from nvr.config import Settings
@@ -169,31 +172,44 @@ def catch_up(db: Database, settings: Settings) -> int:
     with db.session() as s:
         trusted = keys.trusted_keys(s, settings)
         for p, full in paths(settings):
-            last = newest(p)
-            after, prev = (int(last["seq"]), str(last["hash"])) if last else (0, None)
-            rows = list(
-                s.scalars(
-                    select(Checkpoint)
-                    .where(Checkpoint.seq.is_not(None), Checkpoint.seq > after)
-                    .order_by(Checkpoint.seq)
-                )
-            )
-            good = []
-            for row in rows:
-                why = checkpoints.verify_checkpoint(row, trusted)
-                if why is None and last is not None and row.seq != after + 1:
-                    why = f"checkpoint seq {row.seq} does not follow the witness's seq {after}"
-                if why is None and prev is not None and row.prev_hash != prev:
-                    why = f"checkpoint seq {row.seq} does not continue from the witness's newest"
-                if why is not None:
-                    log.error("not copying checkpoint %s into the witness %s: %s", row.id, p, why)
-                    break
-                good.append(entry(row, full=full))
-                after, prev = int(row.seq or 0), checkpoints.body_hash(row.body)
-            try:
-                append(p, good)
-            except OSError as exc:
-                log.error("cannot append to the checkpoint witness %s: %s", p, exc)
-                continue
-            written += len(good)
+            written += _catch_up_one(s, trusted, p, full)
     return written
+
+
+def _catch_up_one(s: Session, trusted: Mapping[str, Any], p: Path, full: bool) -> int:
+    """One witness file, under an exclusive lock on it so two processes never append the same checkpoint."""
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as exc:
+        log.error("cannot open the checkpoint witness %s: %s", p, exc)
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        last = newest(p)
+        after, prev = (int(last["seq"]), str(last["hash"])) if last else (0, None)
+        rows = list(
+            s.scalars(
+                select(Checkpoint).where(Checkpoint.seq.is_not(None), Checkpoint.seq > after).order_by(Checkpoint.seq)
+            )
+        )
+        good = []
+        for row in rows:
+            why = checkpoints.verify_checkpoint(row, trusted)
+            if why is None and last is not None and row.seq != after + 1:
+                why = f"checkpoint seq {row.seq} does not follow the witness's seq {after}"
+            if why is None and prev is not None and row.prev_hash != prev:
+                why = f"checkpoint seq {row.seq} does not continue from the witness's newest"
+            if why is not None:
+                log.error("not copying checkpoint %s into the witness %s: %s", row.id, p, why)
+                break
+            good.append(entry(row, full=full))
+            after, prev = int(row.seq or 0), checkpoints.body_hash(row.body)
+        try:
+            append(p, good)
+        except OSError as exc:
+            log.error("cannot append to the checkpoint witness %s: %s", p, exc)
+            return 0
+        return len(good)
+    finally:
+        os.close(fd)
