@@ -212,6 +212,11 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if getattr(request.state, "stream_started", False):
+            # A playback stream ended short of its Content-Length (a damaged segment, a revoked grant): it wrote its
+            # own end event and the client has its answer; nothing more to audit or send.
+            log.warning("%s %s: the stream ended early (%s)", request.method, request.url.path, exc)
+            return JSONResponse({}, status_code=500)
         log.exception("unexpected error in %s %s", request.method, request.url.path)
         return await _refuse(request, 500, "internal_error", "the server failed; the request id names it in the log")
 

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import grants
+from api import audit, grants
 from api.people import Principal
+from integrity import chain
+from integrity.verify_archive import Problem, open_finding, segment_subject
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import Gap, Grant, ReadPin, Segment, Volume
@@ -18,7 +20,7 @@ from retention import holds
 from storage import pins
 
 if TYPE_CHECKING:
-    from storage.reader import PlaybackPlan
+    from storage.reader import PlaybackPlan, SegmentDamaged, SegmentRef
 
 # Segments within this of each other are one continuous run (the recorder makes them touch exactly).
 TOUCH_US = 1_000
@@ -44,6 +46,11 @@ def segments_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[
     longer footage and are skipped.
     """
     cols = (Segment.seq, Segment.start_us, Segment.end_us, Segment.bytes, Volume.path, Segment.rel_path)
+    return [tuple(r) for r in _overlapping(s, cols, camera_id, start_us, end_us)]
+
+
+def _overlapping(s: Session, cols: tuple[Any, ...], camera_id: str, start_us: int, end_us: int) -> list[Any]:
+    """The rows of :func:`segments_in` with the columns ``cols`` (which must include ``Segment.end_us``)."""
     before = s.execute(
         select(*cols)
         .join(Volume, Segment.volume_id == Volume.id)
@@ -62,8 +69,51 @@ def segments_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[
         )
         .order_by(Segment.start_us)
     ).all()
-    rows = [r for r in before if r[2] > start_us] + list(inside)
-    return [tuple(r) for r in rows]
+    return [r for r in before if r.end_us > start_us] + list(inside)
+
+
+_PLAYBACK_COLS = (
+    *(getattr(Segment, f) for f in chain.LINKED_FIELDS),
+    Segment.prev_link,
+    Segment.link,
+    Volume.path,
+    Segment.rel_path,
+)
+
+
+def playback_refs(s: Session, camera_id: str, start_us: int, end_us: int) -> list[SegmentRef]:
+    """The segments of :func:`segments_in` as the reader takes them for playback: each with its recorded sha256
+    (the reader hashes the file before sending any of it) and, when the row itself does not hold up, why.
+
+    A row holds up when its ``link`` recomputes from its linked fields and its ``prev_link`` (integrity.chain: so a
+    ``sha256``, size or time edited in the database is caught, even with the file forged to match), and, when the
+    row before it in the chain (seq - 1) is in the window too, its ``prev_link`` is that row's ``link`` (a row
+    rewritten with a recomputed link no longer joins its successor). The whole chain, across tombstones and against
+    signed checkpoints, is ``nvr verify``'s job; this is the per-request part, a hash of ~250 bytes per row.
+    """
+    from storage.reader import SegmentRef
+
+    rows = _overlapping(s, _PLAYBACK_COLS, camera_id, start_us, end_us)
+    links = {r.seq: r.link for r in rows}
+    refs = []
+    for r in rows:
+        problem = None
+        if chain.link(r.prev_link, r._mapping) != r.link:
+            problem = "the catalogue row does not match its chain link (its sha256, size or times were changed)"
+        elif links.get(r.seq - 1, r.prev_link) != r.prev_link:
+            problem = f"the catalogue row's prev_link is not the link of seq {r.seq - 1} (the chain was rewritten)"
+        refs.append(
+            SegmentRef(
+                path=Path(r.path) / r.rel_path,
+                seq=r.seq,
+                start_us=r.start_us,
+                end_us=r.end_us,
+                bytes=r.bytes,
+                sha256=r.sha256,
+                row_problem=problem,
+            )
+        )
+    return refs
 
 
 def recordings(s: Session, camera_id: str, start_us: int, end_us: int) -> dict[str, Any]:
@@ -117,16 +167,59 @@ def recordings(s: Session, camera_id: str, start_us: int, end_us: int) -> dict[s
     }
 
 
-def plan(s: Session, camera_id: str, start_us: int, end_us: int) -> PlaybackPlan:
-    from storage.reader import SegmentRef, plan_playback
+def plan(refs: list[SegmentRef], start_us: int, end_us: int) -> PlaybackPlan:
+    """Plan a playback from :func:`playback_refs` (reads the files' headers: call it outside a transaction)."""
+    from storage.reader import plan_playback
 
-    refs = [
-        SegmentRef(path=Path(vp) / rp, seq=seq, start_us=a, end_us=b, bytes=n)
-        for seq, a, b, n, vp, rp in segments_in(s, camera_id, start_us, end_us)
-    ]
     if not refs:
         raise NvrError(Kind.NOT_FOUND, "no_footage", "nothing was recorded in that window")
     return plan_playback(refs, start_us, end_us)
+
+
+def damage_reason(camera_id: str, exc: SegmentDamaged) -> str:
+    """The audit reason for a segment playback refused: the error code first, then which segment and why."""
+    kind = f"{exc.problem}: " if exc.problem else ""
+    return f"segment_damaged camera {camera_id} seq {exc.segment.seq}: {kind}{exc.what}"
+
+
+def record_damage(
+    s: Session,
+    now_us: int,
+    actor: audit.Actor,
+    meta: audit.RequestMeta,
+    camera_id: str,
+    exc: SegmentDamaged,
+    purpose: str | None,
+    case_ref: str | None,
+) -> str:
+    """A segment failed its check during a playback: open an integrity finding (source ``playback``, unless the same
+    problem is open already; /health then carries ``integrity_mismatch``) and write ``playback.damaged`` (outcome
+    ``failed``) with the segment's footage time. Returns the audit reason. Call it inside the transaction that
+    also records the request's end, before any other :func:`audit.record` (the audit write goes last)."""
+    seg = exc.segment
+    subject = segment_subject(camera_id, seg.seq)
+    if exc.problem is not None:
+        problem = Problem(exc.problem, camera_id, seg.seq, seg.start_us, subject, f"{seg.path}: {exc.what}")
+        open_finding(s, problem, "playback", now_us)
+    reason = damage_reason(camera_id, exc)
+    audit.record(
+        s,
+        now_us,
+        actor,
+        meta,
+        audit.Event(
+            "playback.damaged",
+            "failed",
+            camera_id=camera_id,
+            window_start_us=seg.start_us,
+            window_end_us=seg.end_us,
+            object_id=subject,
+            purpose=purpose,
+            case_ref=case_ref,
+            reason=reason,
+        ),
+    )
+    return reason
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,20 @@ the token and the user about once a second while it sends (a suspension, revocat
 stream within a second, by closing the connection short of its Content-Length so the client can tell), refreshes
 its read pin, notices a client that went away, and always writes the ``playback.end`` event with the bytes sent and
 removes the pin, in a transaction the request's cancellation cannot interrupt.
+
+Integrity: the chunks come from ``storage.reader``, which reads each segment whole, hashes it against its row and
+sends it from that buffer. When a segment after the first fails (the first one was checked before the response
+started, see api/routes/footage.py), the reader yields the rest of the segments before it and raises
+``SegmentDamaged``: the stream stops there, short of its Content-Length, with none of that segment's bytes sent
+(HTTP/1.1 with a Content-Length has no way to say why in-band, and uvicorn sends no trailers). The same transaction
+then opens an integrity finding, writes ``playback.damaged`` and ends with ``playback.end`` ``failed``, reason
+``segment_damaged camera … seq …: …``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +27,10 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from api import audit, grants
+from api import audit, footage, grants
 from api.context import Services
 from storage import pins
+from storage.reader import PlaybackStopped, SegmentDamaged
 
 log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
@@ -37,6 +47,8 @@ class StreamJob:
     actor: audit.Actor
     meta: audit.RequestMeta
     end_event: audit.Event
+    stop: threading.Event | None = None
+    """Set when the client has gone: the reader (``start_playback(..., stop=stop.is_set)``) stops hashing then."""
 
 
 class PlaybackStream(Response):
@@ -49,16 +61,22 @@ class PlaybackStream(Response):
         job = self.job
         sent = 0
         outcome, reason = "ok", None
+        damage: SegmentDamaged | None = None
         complete = False
         gone = anyio.Event()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            # The stream audits its own end; an error the server raises after this (a body cut short of its
+            # Content-Length on purpose) must not be audited a second time as a failed start (api.app).
+            scope.setdefault("state", {})["stream_started"] = True
             async with anyio.create_task_group() as tg:
 
                 async def watch() -> None:
                     while True:
                         message = await receive()
                         if message["type"] == "http.disconnect":
+                            if job.stop is not None:
+                                job.stop.set()  # the worker thread may be reading and hashing the next segment
                             gone.set()
                             tg.cancel_scope.cancel()
                             return
@@ -66,7 +84,17 @@ class PlaybackStream(Response):
                 tg.start_soon(watch)
                 last_check = last_beat = time.monotonic()
                 while True:
-                    chunk = await anyio.to_thread.run_sync(_next, job.chunks)
+                    try:
+                        chunk = await anyio.to_thread.run_sync(_next, job.chunks)
+                    except PlaybackStopped:  # only after a disconnect: stop.set() comes with gone.set()
+                        outcome, reason = "terminated", "client_closed"
+                        break
+                    except SegmentDamaged as exc:
+                        # Every byte before that segment is out (the reader yielded them first); none of it is.
+                        log.error("playback stream stopped before a damaged segment: %s", exc)
+                        damage = exc
+                        outcome, reason = "failed", footage.damage_reason(_camera(job), exc)
+                        break
                     if chunk is None:
                         break
                     now = time.monotonic()
@@ -91,19 +119,31 @@ class PlaybackStream(Response):
         except OSError:
             outcome, reason = "terminated", "client_closed"
         except Exception as exc:
-            # Damage found mid-stream (a file changed under us): stop, say so in the audit, log it.
+            # Anything else (a bug, a database failure while re-checking): stop, say so in the audit, log it.
             log.exception("playback stream failed")
-            outcome, reason = "failed", getattr(exc, "code", exc.__class__.__name__)
+            leaf = _leaf(exc)
+            outcome, reason = "failed", getattr(leaf, "code", leaf.__class__.__name__)
         finally:
             close = getattr(job.chunks, "close", None)
             if close is not None:
                 close()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_finish, job, outcome, reason, sent)
+                await anyio.to_thread.run_sync(_finish, job, outcome, reason, sent, damage)
 
 
 def _next(chunks: Iterator[bytes]) -> bytes | None:
     return next(chunks, None)
+
+
+def _camera(job: StreamJob) -> str:
+    return job.end_event.camera_id or ""
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside the task group's ExceptionGroup (anyio wraps what the body raises)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _recheck(job: StreamJob, beat: bool) -> str | None:
@@ -116,13 +156,16 @@ def _recheck(job: StreamJob, beat: bool) -> str | None:
     return reason
 
 
-def _finish(job: StreamJob, outcome: str, reason: str | None, sent: int) -> None:
+def _finish(job: StreamJob, outcome: str, reason: str | None, sent: int, damage: SegmentDamaged | None) -> None:
     svc = job.services
     ev = job.end_event
     ev.outcome, ev.reason, ev.bytes = outcome, reason, sent
     try:
         with svc.db.session() as s:
             pins.unpin(s, job.pin_id)
-            audit.record(s, svc.clock.now_us(), job.actor, job.meta, ev)
+            now = svc.clock.now_us()
+            if damage is not None:
+                footage.record_damage(s, now, job.actor, job.meta, _camera(job), damage, ev.purpose, ev.case_ref)
+            audit.record(s, now, job.actor, job.meta, ev)
     except Exception:
         log.exception("could not record the end of a playback stream (pin %d, %d bytes sent)", job.pin_id, sent)

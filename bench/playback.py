@@ -30,6 +30,11 @@ Measurement (``--requests`` each, after ``--warmup`` discarded requests of each 
   dropped from the page cache (``posix_fadvise(DONTNEED)``) before each request; the database stays cached.
 * ``listing_24h`` / ``listing_5min``: ``GET /cameras/{id}/recordings`` for a random window; time until the whole
   JSON body has been read. ``http_me_floor``: ``GET /me`` (token look-up and framework, no grant, no audit).
+* ``segment_hashing_ms``: what the per-segment integrity check costs (playback reads every segment whole and
+  hashes it against its row before sending any of it): ``storage.reader._load`` warm and cold, and ``hashlib``
+  alone, for the catalogue's clip and for 22.5 MB and 60 MB files (60 s at 3 and 8 Mbit/s).
+* ``--clip 3mbit`` makes the rows point at a typical camera's 60 s segment instead (640x360 noise at 3 Mbit/s,
+  ~22.7 MB), so the time to first byte includes reading and hashing a segment of real size.
 * In this process, server stopped: ``grant_audit``, per iteration one session as the API does:
   ``grants.authorize(...)`` + ``audit.record(...)`` + commit; ``authorize_only`` and ``authenticate`` (the bearer
   token look-up every request also pays) in their own loops. Then the stages of a playback request and of a 24 h
@@ -40,6 +45,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/playback.py --db both              # build, measure, drop the catalogues
     .venv/bin/python bench/playback.py --db both --keep       # keep them: the next run skips the build
     .venv/bin/python bench/playback.py --db sqlite --cameras 4 --days 2 --requests 50   # a quick trial
+    .venv/bin/python bench/playback.py --db sqlite --clip 3mbit --data-dir /tmp/nvr-bench-playback-3mbit
 """
 
 from __future__ import annotations
@@ -93,7 +99,14 @@ US = 1_000_000
 DAY_US = 86_400 * US
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MANIFEST = "bench-manifest.json"
-CLIP_W, CLIP_H, CLIP_FPS, CLIP_BITRATE = 320, 180, 25, 500_000
+CLIP_FPS = 25
+CLIPS: dict[str, dict[str, Any]] = {
+    # the catalogue's default clip: a drifting pattern, ~500 kbit/s (3.8 MB a minute), what the figures below use
+    "small": {"width": 320, "height": 180, "kbps": 500, "picture": "pattern", "preset": "veryfast"},
+    # a typical camera's 60 s segment: moving noise held at 3 Mbit/s by the VBV (~22.7 MB, as bench/export.py)
+    "3mbit": {"width": 640, "height": 360, "kbps": 3000, "picture": "noise", "preset": "ultrafast"},
+}
+HASH_SIZES = {"60 s at 3 Mbit/s (22.5 MB)": 22_500_000, "60 s at 8 Mbit/s (60 MB)": 60_000_000}
 GOALS = {
     "playback_ttfb": {"p50": 50.0, "p99": 150.0},
     "playback_ttfb_cold_files": {"p50": 50.0, "p99": 150.0},
@@ -105,33 +118,41 @@ PURPOSE = "benchmark: playback latency"
 
 
 # --- the clip ------------------------------------------------------------------------------------------------------
-def make_clip(data_dir: Path, seconds: int) -> dict[str, Any]:
+def make_clip(data_dir: Path, seconds: int, kind: str = "small") -> dict[str, Any]:
     """A real ``seconds`` s fragmented MP4 (cached): the file every catalogue row points at."""
     from nvr.recorder.recovery import probe
     from storage.fmp4 import scan
     from storage.writer import MOVFLAGS
 
-    path = data_dir / f"clip-{seconds}s-{CLIP_W}x{CLIP_H}-{CLIP_FPS}fps.mp4"
+    c = CLIPS[kind]
+    w, h, kbps = c["width"], c["height"], c["kbps"]
+    suffix = "" if kind == "small" else f"-{kbps}k-{c['picture']}"
+    path = data_dir / f"clip-{seconds}s-{w}x{h}-{CLIP_FPS}fps{suffix}.mp4"
     info_path = path.with_suffix(".json")
     if path.exists() and info_path.exists():
         return json.loads(info_path.read_text())
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.mp4")
+    x264 = f"keyint={CLIP_FPS}:min-keyint={CLIP_FPS}:scenecut=0:bframes=0"
+    if c["picture"] == "noise":
+        x264 += f":vbv-maxrate={kbps}:vbv-bufsize={kbps}"
     with av.open(str(tmp), "w", format="mp4", options={"movflags": MOVFLAGS}) as out:
         st = out.add_stream("libx264", rate=CLIP_FPS)
-        st.width, st.height, st.pix_fmt = CLIP_W, CLIP_H, "yuv420p"
-        st.bit_rate = CLIP_BITRATE
+        st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+        st.bit_rate = kbps * 1000
         st.codec_context.gop_size = CLIP_FPS
-        st.codec_context.options = {
-            "x264-params": f"keyint={CLIP_FPS}:min-keyint={CLIP_FPS}:scenecut=0:bframes=0",
-            "preset": "veryfast",
-        }
+        st.codec_context.options = {"x264-params": x264, "preset": c["preset"]}
         st.codec_context.time_base = Fraction(1, CLIP_FPS)
         patterns: dict[tuple[int, int], bytes] = {}
+        noise = os.urandom(w * h * 2) if c["picture"] == "noise" else b""
         for i in range(seconds * CLIP_FPS):
-            frame = av.VideoFrame(CLIP_W, CLIP_H, "yuv420p")
+            frame = av.VideoFrame(w, h, "yuv420p")
             for k, plane in enumerate(frame.planes):
                 n = plane.buffer_size
+                if noise:  # the encoder spends its whole budget on noise
+                    off = (i * 7919 + k * 1000) % (len(noise) - n)
+                    plane.update(noise[off : off + n])
+                    continue
                 if (k, n) not in patterns:  # a diagonal pattern that drifts: every frame differs
                     patterns[(k, n)] = bytes(((x * 7) // 5 + (x // plane.line_size) * 3) % 256 for x in range(n)) * 2
                 shift = (i * 4 + k * 50) % n
@@ -147,11 +168,12 @@ def make_clip(data_dir: Path, seconds: int) -> dict[str, Any]:
     info = {
         "file": path.name,
         "seconds": seconds,
-        "width": CLIP_W,
-        "height": CLIP_H,
+        "width": w,
+        "height": h,
         "fps": CLIP_FPS,
         "gop_frames": CLIP_FPS,
-        "target_bitrate": CLIP_BITRATE,
+        "target_bitrate": kbps * 1000,
+        "picture": c["picture"],
         "bytes": tmp.stat().st_size,
         "sha256": hashlib.sha256(tmp.read_bytes()).hexdigest(),
         "frames": frames,
@@ -161,6 +183,50 @@ def make_clip(data_dir: Path, seconds: int) -> dict[str, Any]:
     os.replace(tmp, path)
     info_path.write_text(json.dumps(info, indent=2))
     return info
+
+
+# --- what playback's per-segment check costs -------------------------------------------------------------------------
+def measure_hashing(data_dir: Path, clip: dict[str, Any], reps: int) -> dict[str, Any]:
+    """What playback adds per segment since it hashes every segment before sending it: ``storage.reader._load``
+    (open, size check, read the whole file into one buffer, SHA-256 of that buffer, compare with the row), page
+    cache warm and with the file evicted first, and ``hashlib.sha256`` over the same bytes in memory (the CPU part),
+    for the catalogue's clip and for files of typical segment sizes (random bytes: SHA-256 speed does not depend on
+    the content). Medians and maxima of ``reps`` runs, in ms."""
+    from storage.reader import SegmentRef, _load
+
+    files = {f"catalogue clip ({clip['bytes'] / 1e6:.1f} MB)": data_dir / clip["file"]}
+    for name, size in HASH_SIZES.items():
+        path = data_dir / f"hash-{size}.bin"
+        if not path.exists() or path.stat().st_size != size:
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(os.urandom(size))
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        files[name] = path
+    out: dict[str, Any] = {}
+    for name, path in files.items():
+        data = path.read_bytes()
+        ref = SegmentRef(path, 1, 0, 1, len(data), sha256=hashlib.sha256(data).hexdigest())
+        runs: dict[str, list[float]] = {"hashlib_in_memory": [], "read_and_hash_warm": [], "read_and_hash_cold": []}
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            hashlib.sha256(data).hexdigest()
+            runs["hashlib_in_memory"].append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            _load(ref)
+            runs["read_and_hash_warm"].append((time.perf_counter() - t0) * 1000)
+            evict([str(path)])
+            t0 = time.perf_counter()
+            _load(ref)
+            runs["read_and_hash_cold"].append((time.perf_counter() - t0) * 1000)
+        entry: dict[str, Any] = {"bytes": len(data)}
+        for k, v in runs.items():
+            v.sort()
+            entry[k] = {"p50": round(percentile(v, 0.5), 2), "max": round(v[-1], 2)}
+        entry["hashlib_gb_per_s"] = round(len(data) / 1e6 / entry["hashlib_in_memory"]["p50"], 2)
+        out[name] = entry
+    return out
 
 
 # --- catalogue -----------------------------------------------------------------------------------------------------
@@ -546,7 +612,7 @@ def run_in_process(url: str, manifest: dict[str, Any], windows: Windows, n: int,
     from nvr.clock import SystemClock
     from nvr.db import Database
     from storage import pins
-    from storage.reader import SegmentRef, iter_playback, plan_playback
+    from storage.reader import plan_playback, start_playback
 
     db = Database(url)
     clock = SystemClock()
@@ -600,21 +666,21 @@ def run_in_process(url: str, manifest: dict[str, Any], windows: Windows, n: int,
             # (2a') plan and first chunk with the segment files evicted from the page cache (first, so that the
             # staged request below finds the files of its window cached again, as in the warm HTTP figure)
             with db.session() as s:
-                refs = [
-                    SegmentRef(Path(vp) / rp, q, x, y, nb) for q, x, y, nb, vp, rp in footage.segments_in(s, cam, a, b)
-                ]
+                refs = footage.playback_refs(s, cam, a, b)
             evict(manifest["files"])
             t0 = time.perf_counter()
             plan = plan_playback(refs, a, b)
             t1 = time.perf_counter()
-            chunks = iter_playback(plan)
+            chunks = start_playback(plan)
+            t2 = time.perf_counter()
             next(chunks)
             chunks.close()  # type: ignore[attr-defined]  # a generator
-            t2 = time.perf_counter()
+            t3 = time.perf_counter()
             if keep:
                 cold = stages["playback_cold_files"]
                 cold.setdefault("plan_playback (scan files)", []).append((t1 - t0) * 1000)
-                cold.setdefault("first 1 MiB chunk (iter_playback)", []).append((t2 - t1) * 1000)
+                cold.setdefault("start_playback (read + SHA-256 of the first segment)", []).append((t2 - t1) * 1000)
+                cold.setdefault("first 1 MiB chunk", []).append((t3 - t2) * 1000)
 
             # (2a) a playback request, stage by stage (routes/footage.py playback + api/stream.py)
             marks: list[tuple[str, float]] = [("", time.perf_counter())]
@@ -625,28 +691,27 @@ def run_in_process(url: str, manifest: dict[str, Any], windows: Windows, n: int,
             with db.session() as s:
                 p = people.authenticate(s, token, clock.now_us())
             mark("authenticate")
-            s = db._sessions()
-            try:
+            with db.session() as s:
                 now = clock.now_us()
                 g = grants.authorize(s, p, cam, "playback", a, b, now)
                 mark("authorize")
-                rows = footage.segments_in(s, cam, a, b)
-                mark("segments_in (SQL)")
-                refs = [SegmentRef(Path(vp) / rp, seq, x, y, nb) for seq, x, y, nb, vp, rp in rows]
-                plan = plan_playback(refs, a, b)
-                mark("plan_playback (scan files)")
                 pin = footage.pin(s, p, g, cam, a, b, now, meta.request_id or "")
                 mark("pin (lock grant, count, insert)")
-                audit.record(s, now, actor, meta, event("playback.start", cam, a, b, g))
+            mark("commit (pin)")
+            with db.session() as s:
+                refs = footage.playback_refs(s, cam, a, b)
+                mark("playback_refs (SQL + chain links of the rows)")
+            plan = plan_playback(refs, a, b)
+            mark("plan_playback (scan files)")
+            chunks = start_playback(plan)
+            mark("start_playback (read + SHA-256 of the first segment)")
+            with db.session() as s:
+                audit.record(s, clock.now_us(), actor, meta, event("playback.start", cam, a, b, g))
                 mark("audit.record")
-                s.commit()
-                mark("commit")
-            finally:
-                s.close()
-            chunks = iter_playback(plan)
+            mark("commit (playback.start)")
             next(chunks)
             chunks.close()  # type: ignore[attr-defined]  # a generator
-            mark("first 1 MiB chunk (iter_playback)")
+            mark("first 1 MiB chunk")
             with db.session() as s:
                 pins.unpin(s, pin.id)
                 audit.record(s, clock.now_us(), actor, meta, event("playback.end", cam, a, b, g))
@@ -751,6 +816,8 @@ def run_one(args: argparse.Namespace, kind: str, clip: dict[str, Any]) -> dict[s
     log(f"{kind}: server stopped; {args.requests} in-process grant checks + audit writes, and stage timings")
     inproc = run_in_process(url, manifest, windows, args.requests, args.warmup)
     figures.update(inproc["figures"])
+    log(f"{kind}: per-segment read + SHA-256 ({args.hash_reps} runs per size)")
+    hashing = measure_hashing(args.data_dir, clip, args.hash_reps)
     return {
         "db": kind,
         "database": f"SQLite {sqlite3.sqlite_version}"
@@ -775,6 +842,7 @@ def run_one(args: argparse.Namespace, kind: str, clip: dict[str, Any]) -> dict[s
         "phases": phases,
         "details": extra,
         "stages_ms_in_process": inproc["stages"],
+        "segment_hashing_ms": hashing,
     }
 
 
@@ -796,6 +864,20 @@ def stage_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def hashing_table(result: dict[str, Any]) -> str:
+    lines = [
+        "| file | hashlib in memory p50 ms (GB/s) | read + hash, warm p50 / max ms | read + hash, cold p50 / max ms |",
+        "|---|---|---|---|",
+    ]
+    for name, f in result["segment_hashing_ms"].items():
+        m, w, c = f["hashlib_in_memory"], f["read_and_hash_warm"], f["read_and_hash_cold"]
+        lines.append(
+            f"| {name} | {m['p50']:.2f} ({f['hashlib_gb_per_s']:.2f}) | {w['p50']:.2f} / {w['max']:.2f} "
+            f"| {c['p50']:.2f} / {c['max']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
@@ -803,6 +885,12 @@ def main() -> None:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--segment-seconds", type=int, default=60)
     p.add_argument("--files", type=int, default=8, help="distinct copies of the clip the rows rotate over")
+    p.add_argument(
+        "--clip", choices=sorted(CLIPS), default="small",
+        help="the segment file: 'small' (320x180, ~500 kbit/s, 3.8 MB a minute; the documented figures) or "
+        "'3mbit' (640x360 noise at 3 Mbit/s, ~22.7 MB a minute, a typical camera; use its own --data-dir)",
+    )  # fmt: skip
+    p.add_argument("--hash-reps", type=int, default=30, help="runs per file size of the per-segment hash figures")
     p.add_argument("--requests", type=int, default=300, help="measured requests of each kind")
     p.add_argument("--warmup", type=int, default=20, help="discarded requests of each kind first")
     p.add_argument("--seed", type=int, default=1)
@@ -820,7 +908,7 @@ def main() -> None:
     args.data_dir = args.data_dir.expanduser().absolute()
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     mach = machine()
-    clip = make_clip(args.data_dir, args.segment_seconds)
+    clip = make_clip(args.data_dir, args.segment_seconds, args.clip)
     log(f"clip: {clip['bytes']:,} bytes, {clip['frames']} frames, {clip['media_duration_us'] / US:.3f} s")
     for kind in kinds:
         try:
@@ -833,7 +921,8 @@ def main() -> None:
         print(f"\n{kind}: {result['catalogue']['rows']:,} rows; build {b['total_seconds']} s "
               f"({'reused' if result['catalogue']['reused'] else 'built now'}); results in {out}")  # fmt: skip
         print(table(result) + "\n")
-        print(stage_table(result) + "\n", flush=True)
+        print(stage_table(result) + "\n")
+        print(hashing_table(result) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import threading
 import urllib.parse
 from typing import Annotated, Any
 
@@ -19,7 +21,9 @@ from nvr.clock import iso, parse_iso
 from nvr.errors import Kind, NvrError
 from nvr.models import PlaybackTicket
 from storage import pins
+from storage.reader import SegmentDamaged, start_playback
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["footage"])
 Time = Annotated[str, Query(max_length=64, description="ISO 8601 with a zone, e.g. 2026-11-21T08:00:00Z")]
 Purpose = Annotated[str, Query(min_length=1, max_length=2000, description="Why you need this footage (audited).")]
@@ -141,7 +145,13 @@ def _playback_ctx(request: Request) -> Ctx:
     "/cameras/{camera_id}/playback",
     response_class=PlaybackStream,
     status_code=200,  # PlaybackStream.__init__ has no status_code for FastAPI to infer it from (openapi.json 500s)
-    responses={200: {"content": {"video/mp4": {}}, "description": "Fragmented MP4 of the window."}},
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "Fragmented MP4 of the window."},
+        500: {
+            "content": {"application/json": {}},
+            "description": "segment_damaged: the first segment to send (or a row) failed its integrity check.",
+        },
+    },
 )
 def playback(
     camera_id: str,
@@ -153,7 +163,11 @@ def playback(
 ) -> PlaybackStream:
     """Stream the window as fragmented MP4, from the keyframe at or before ``start``, across segment boundaries
     and gaps (collapsed; listed in the ``X-Nvr-Gaps`` header). Needs a grant with ``playback`` covering the camera
-    and the window; counts against the grant's concurrent streams (429 ``stream_limit``)."""
+    and the window; counts against the grant's concurrent streams (429 ``stream_limit``).
+
+    Every segment is hashed against its catalogue row, and the row's chain link recomputed, before any of its bytes
+    is sent: 500 ``segment_damaged`` when that fails before the first byte; a later segment that fails ends the
+    stream before it, short of ``Content-Length`` (the audit trail and an integrity finding say why)."""
     registry.validate_id(camera_id)
     ctx.hint(purpose=purpose)
     start_us, end_us = _window(ctx, start, end, ctx.settings.playback_max_seconds * 1_000_000, "playback")
@@ -166,7 +180,7 @@ def playback(
         g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
         ctx.hint(case_ref=g.case_ref, object_id=f"grant:{g.id}")
         pin = footage.pin(s, ctx.me, g, camera_id, start_us, end_us, now, meta.request_id or "")
-    fields = dict(
+    fields: dict[str, Any] = dict(
         camera_id=camera_id,
         window_start_us=start_us,
         window_end_us=end_us,
@@ -174,15 +188,29 @@ def playback(
         purpose=purpose,
         case_ref=g.case_ref,
     )
+    # Rows (and their chain links) in a short transaction; files are read outside one: the headers of every file
+    # (the plan), then the first segment whole, hashed against its row (start_playback), all before a byte is sent.
     try:
         with ctx.db.session() as s:
-            plan = footage.plan(s, camera_id, start_us, end_us)
+            refs = footage.playback_refs(s, camera_id, start_us, end_us)
+        plan = footage.plan(refs, start_us, end_us)
+        stop = threading.Event()
+        chunks = start_playback(plan, stop=stop.is_set)
+        with ctx.db.session() as s:
             ctx.record(
                 s,
                 audit.Event(
                     "playback.start", "allowed", **fields, reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
                 ),
             )
+    except SegmentDamaged as exc:
+        # Nothing was sent: 500 segment_damaged (the error handler adds the refused playback.start event). The
+        # finding and playback.damaged go in one transaction with the pin's release.
+        log.error("playback of %s refused: %s", camera_id, exc)
+        with ctx.db.session() as s:
+            pins.unpin(s, pin.id)
+            footage.record_damage(s, ctx.now_us, ctx.actor, meta, camera_id, exc, purpose, g.case_ref)
+        raise
     except BaseException:
         with ctx.db.session() as s:
             pins.unpin(s, pin.id)
@@ -195,19 +223,21 @@ def playback(
             separators=(",", ":"),
         ),
         "Accept-Ranges": "none",
+        # Every segment is hashed against its catalogue row before its first byte is sent; one that fails ends
+        # the stream before it, short of Content-Length (docs/api.md, "Playback").
+        "X-Nvr-Integrity": "verified-per-segment",
     }
     if plan.truncated_at_us is not None:
         headers["X-Nvr-Truncated-At"] = iso(plan.truncated_at_us) or ""
-    from storage.reader import iter_playback
-
     job = StreamJob(
         services=ctx.services,
-        chunks=iter_playback(plan),
+        chunks=chunks,
         pin_id=pin.id,
         grant_id=g.id,
         token_id=pin.token_id,
         actor=ctx.actor,
         meta=meta,
         end_event=audit.Event("playback.end", "ok", **fields),
+        stop=stop,
     )
     return PlaybackStream(job, headers, plan.total_bytes)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from integrity.verify_archive import open_findings
 from nvr.clock import iso
 from nvr.models import AuditEvent, ReadPin
 from storage import pins
@@ -211,3 +212,10 @@ def test_a_damaged_segment_is_refused_not_served(officer) -> None:
             params={"start": iso(starts[0]), "end": iso(starts[4]), "purpose": "damaged"},
         )
     assert (r.status_code, r.json()["error"]["code"]) == (500, "segment_damaged")
+    # Found while planning (the size differs), so refused before the first byte although it is the third segment;
+    # an integrity finding and playback.damaged record it (tests/api/test_playback_integrity.py has the rest).
+    with api.rt.db.session() as s:
+        (finding,) = open_findings(s)
+    assert (finding.kind, finding.seq, finding.source) == ("hash_mismatch", 3, "playback")
+    (damaged,) = _events(api, "playback.damaged")
+    assert damaged.reason.startswith("segment_damaged camera cam-a seq 3: hash_mismatch: file holds ")
