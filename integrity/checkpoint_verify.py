@@ -256,7 +256,8 @@ def _registry_changes(
                 None,
                 what,
                 f"its record {change} between checkpoint seq {cp_a} and seq {cp_b} with no audited change "
-                f"(audit events {a_seq + 1}..{b_seq} name none): it was edited in the database",
+                + (f"(audit events {a_seq + 1}..{b_seq} name none)" if b_seq > a_seq else "(no audit event between)")
+                + ": it was edited in the database",
             )
         )
 

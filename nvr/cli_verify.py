@@ -4,7 +4,8 @@ A progress bar on stderr while segments are re-hashed (only when stderr is a ter
 ``--no-progress``), then one line per problem ``KIND  camera  time  subject: detail`` and a summary with the
 segments and bytes checked and the hashing speed. Exit 0 when the archive is intact, 1 when anything is wrong.
 Read-only unless ``--record``: then the problems become integrity findings (which raise the ``integrity_mismatch``
-alarm; findings it no longer sees are resolved) and one ``integrity.verify`` audit event records the counts.
+alarm; findings it no longer sees are marked intact again, never resolved: a person resolves them with a note)
+and one ``integrity.verify`` audit event records the counts.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def verify(
     if record:
         now = rt.clock.now_us()
         with rt.db.session() as s:
-            new, resolved = record_findings(s, report.problems, now)
+            new, intact = record_findings(s, report.problems, now)
             counts = ",".join(f"{k}={n}" for k, n in report.counts.items() if n) or "none"
             audit_log.record(
                 s,
@@ -65,11 +66,11 @@ def verify(
                     "integrity.verify",
                     "ok" if report.ok else "failed",
                     reason=f"segments={report.segments} bytes={report.bytes} problems={len(report.problems)} "
-                    f"({counts}); findings new={new} resolved={resolved}",
+                    f"({counts}); findings new={new} intact_again={intact}",
                     bytes=report.bytes,
                 ),
             )
-        data["recorded"] = {"new": new, "resolved": resolved}
+        data["recorded"] = {"new": new, "intact_again": intact}
     _emit(data, as_json, human(data))
     if not report.ok:
         raise typer.Exit(1)
@@ -125,5 +126,9 @@ def human(data: dict[str, Any]) -> str:
         f"{data['files']} file(s), {data['checkpoints']} checkpoint(s), {data['audit_events']} audit event(s)"
     )
     if "recorded" in data:
-        lines.append(f"findings: {data['recorded']['new']} new, {data['recorded']['resolved']} resolved")
+        rec = data["recorded"]
+        lines.append(
+            f"findings: {rec['new']} new, {rec['intact_again']} intact again "
+            "(open until resolved: nvr integrity resolve ID --note ...)"
+        )
     return "\n".join(lines)
