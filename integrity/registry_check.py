@@ -162,6 +162,31 @@ def flag_if_edited(session: Session, cam: Camera, now_us: int) -> bool:
     return True
 
 
+def flag_policy_if_edited(session: Session, policy: RetentionPolicy, now_us: int) -> bool:
+    """:func:`flag_if_edited` for a retention policy, before an audited change to it."""
+    from integrity.verify_archive import open_finding
+
+    latest = latest_policy_change(session, policy)
+    now = policy_digest(policy)
+    if latest is None or latest.digest == now:
+        return False
+    open_finding(
+        session,
+        Problem(
+            "registry_mismatch",
+            None,
+            None,
+            None,
+            f"policy {policy.id}",
+            f"policy {policy.name!r} had sha256 {_short(now)} when it was next changed, but audit event "
+            f"{latest.seq} ({latest.action}) named sha256 {_short(latest.digest)}: it was edited in the database",
+        ),
+        "registry",
+        now_us,
+    )
+    return True
+
+
 def _camera_created_seq(session: Session, camera_id: str) -> int | None:
     return session.scalar(
         select(AuditEvent.seq)

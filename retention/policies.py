@@ -29,7 +29,13 @@ from sqlalchemy.orm import Session
 
 from integrity.audit_log import Actor, Event, RequestMeta, record
 from integrity.records import camera_digest, policy_digest
-from integrity.registry_check import deleted_note, flag_if_edited, previous_default_note, with_digest
+from integrity.registry_check import (
+    deleted_note,
+    flag_if_edited,
+    flag_policy_if_edited,
+    previous_default_note,
+    with_digest,
+)
 from nvr import registry
 from nvr.clock import iso
 from nvr.config import Settings
@@ -233,6 +239,7 @@ def update(
 
     Raising ``min_days`` extends the existing segments of every camera on the policy; lowering it changes none."""
     p = get(s, name)
+    flag_policy_if_edited(s, p, ch.now_us)
     new_min = p.min_days if min_days is None else min_days
     new_max = p.max_days if max_days is KEEP else max_days
     _validate_days(new_min, new_max, ch.floor_days, check_floor=min_days is not None)
@@ -292,6 +299,8 @@ def set_default(s: Session, ch: Change, name: str) -> RetentionPolicy:
     and the one event names both digests, the previous default's before the new one's."""
     p = get(s, name)
     old = default(s)
+    for rec in {p.id: p, old.id: old}.values():
+        flag_policy_if_edited(s, rec, ch.now_us)
     # One statement over every row, so two concurrent calls cannot leave two defaults behind.
     s.execute(
         sql_update(RetentionPolicy)

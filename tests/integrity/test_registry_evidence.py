@@ -362,3 +362,18 @@ def test_a_hand_edit_is_not_covered_by_the_next_audited_change(runtime: Runtime)
     with rt.db.session() as s:  # a second change does not open a second finding
         cameras.change_state(s, _change(rt), "cam-1", "active")
         assert len(open_findings(s)) == 1
+
+
+def test_a_policy_edited_by_hand_is_caught_by_its_next_audited_change(runtime: Runtime) -> None:
+    from integrity.verify_archive import open_findings
+
+    rt = runtime
+    with rt.db.session() as s:
+        p = policies.create(s, _change(rt), "city", 60).policy
+        pid = p.id
+    _sql(rt, "UPDATE retention_policies SET max_days = 61 WHERE name = 'city'")
+    with rt.db.session() as s:
+        policies.update(s, _change(rt), "city", min_days=90, max_days=None)
+    with rt.db.session() as s:
+        (f,) = open_findings(s)
+        assert (f.kind, f.subject, f.source) == ("registry_mismatch", f"policy {pid}", "registry")
