@@ -9,14 +9,33 @@ The same function serves both; it writes one ``integrity.finding.resolve`` audit
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from integrity import audit_log
+from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import IntegrityFinding
 
 NOTE_MAX = 2000
+
+
+def view(f: IntegrityFinding) -> dict[str, Any]:
+    """A finding as the API and the CLI show it."""
+    return {
+        "id": f.id,
+        "kind": f.kind,
+        "camera_id": f.camera_id,
+        "seq": f.seq,
+        "at": iso(f.at_us),
+        "subject": f.subject,
+        "detail": f.detail,
+        "source": f.source,
+        "found": iso(f.found_us),
+        "intact_again": iso(f.intact_us),
+    }
 
 
 def resolve(

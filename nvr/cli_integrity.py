@@ -21,25 +21,12 @@ app.add_typer(integrity_app, name="integrity")
 def findings_list(as_json: JsonOpt = False) -> None:
     """The open findings, oldest first: kind, camera, footage time, subject, and whether a later check found the
     subject intact again."""
+    from integrity.findings import view
     from integrity.verify_archive import open_findings
 
     rt = _runtime(migrate=False)
     with rt.db.session() as s:
-        rows = [
-            {
-                "id": f.id,
-                "kind": f.kind,
-                "camera_id": f.camera_id,
-                "seq": f.seq,
-                "at": iso(f.at_us),
-                "subject": f.subject,
-                "detail": f.detail,
-                "source": f.source,
-                "found": iso(f.found_us),
-                "intact_again": iso(f.intact_us),
-            }
-            for f in open_findings(s)
-        ]
+        rows = [view(f) for f in open_findings(s)]
     human = "\n".join(
         f"{r['id']:>6}  {r['kind']:<22} {r['camera_id'] or '-':<16} {r['subject']}: {r['detail']}"
         + (f"  [intact again {r['intact_again']}]" if r["intact_again"] else "")

@@ -13,6 +13,7 @@ from api import audit
 from api.context import Ctx, requires
 from api.routes.schemas import Body
 from integrity import keys
+from integrity.findings import view as findings_view
 from integrity.verify_archive import open_findings
 from nvr.clock import iso
 
@@ -48,23 +49,7 @@ def findings(
     with ctx.db.session() as s:
         rows = open_findings(s)[:limit]
         ctx.record(s, audit.Event("integrity.findings", "allowed", reason=f"{len(rows)} open finding(s)"))
-        return {
-            "findings": [
-                {
-                    "id": f.id,
-                    "kind": f.kind,
-                    "camera_id": f.camera_id,
-                    "seq": f.seq,
-                    "at": iso(f.at_us),
-                    "subject": f.subject,
-                    "detail": f.detail,
-                    "source": f.source,
-                    "found": iso(f.found_us),
-                    "intact_again": iso(f.intact_us),
-                }
-                for f in rows
-            ]
-        }
+        return {"findings": [findings_view(f) for f in rows]}
 
 
 @router.get("/checkpoints")

@@ -11,19 +11,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import av
 from sqlalchemy import delete, select, update
 
 from integrity import audit_log, chain, checkpoints, keys
 from integrity.verify_archive import Report, hash_file, verify_archive
 from nvr.clock import FakeClock
-from nvr.models import AuditEvent, Checkpoint, RetentionPolicy, Segment, SegmentTombstone, Volume
+from nvr.models import AuditEvent, Checkpoint, RetentionPolicy, Segment, SegmentTombstone
 from nvr.runtime import Runtime
 from retention.sweeper import Sweeper
-from storage import catalog, layout
-from tests.support.footage import CLIP_SECONDS, FPS, add_camera, add_segments, clip, segment_path
+from tests.support.footage import CLIP_SECONDS, add_camera, add_segments, clip, segment_path
+from tests.support.tamper import distinct_segments
 
 DAY = 86_400_000_000
 T0 = 1_700_000_000_000_000
@@ -47,32 +45,6 @@ def _checkpoint(rt: Runtime) -> Checkpoint:
     with rt.db.session() as s:
         signer = keys.active_signer(s, rt.settings.keys_dir)
         return checkpoints.make_checkpoint(s, signer, rt.clock.now_us(), rt.db.database_id())
-
-
-def _distinct_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> None:
-    """Like add_segments, but every file differs (remuxed with its own metadata), so swapping two is detectable."""
-    with rt.db.session() as s:
-        vol = s.scalars(select(Volume)).first()
-        assert vol is not None
-        for i in range(count):
-            t = start_us + i * SEG
-            rel = str(layout.stem_for(camera_id, t)) + ".mp4"
-            dst = Path(vol.path) / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with av.open(str(clip())) as src, av.open(str(dst), "w", format="mp4") as out:
-                out.metadata["comment"] = f"segment {i}"
-                o = out.add_stream_from_template(src.streams.video[0])
-                for pkt in src.demux(src.streams.video[0]):
-                    if pkt.dts is not None:
-                        pkt.stream = o
-                        out.mux(pkt)
-            data = dst.read_bytes()
-            catalog.register_segment(
-                s, camera_id=camera_id, volume_id=vol.id, rel_path=rel, start_us=t, media_duration_us=SEG,
-                size=len(data), frames=CLIP_SECONDS * FPS, codecs="h264", clock_offset_us=0,
-                sha256=hashlib.sha256(data).hexdigest(), recovered=False, now_us=rt.clock.now_us(),
-                floor_days=rt.settings.retention_floor_days,
-            )  # fmt: skip
 
 
 # --- an intact archive ---------------------------------------------------------------------------------------------
@@ -170,7 +142,7 @@ def test_a_row_whose_times_were_edited_is_a_chain_break(runtime: Runtime) -> Non
 def test_a_segment_file_swapped_for_another_valid_segment_is_a_hash_mismatch(runtime: Runtime) -> None:
     rt = runtime
     add_camera(rt, "cam1")
-    _distinct_segments(rt, "cam1", T0, 4)
+    distinct_segments(rt, "cam1", T0, 4)
     assert verify_archive(rt.db, rt.settings).problems == []
     a, b = segment_path(rt, "cam1", 2), segment_path(rt, "cam1", 3)
     tmp = a.with_name("swap")
