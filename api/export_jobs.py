@@ -28,9 +28,9 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from api import audit, exports
@@ -98,10 +98,13 @@ class ExportRunner(BackgroundLoop):
             )
             if candidate is None:
                 return None
-            claimed = s.execute(
-                update(ExportJob)
-                .where(ExportJob.id == candidate, ExportJob.state == "queued")
-                .values(state="running", started_us=now, heartbeat_us=now)
+            claimed = cast(
+                CursorResult[Any],
+                s.execute(
+                    update(ExportJob)
+                    .where(ExportJob.id == candidate, ExportJob.state == "queued")
+                    .values(state="running", started_us=now, heartbeat_us=now)
+                ),
             ).rowcount
         return int(candidate) if claimed == 1 else None
 

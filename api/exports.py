@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import false, or_, select
 from sqlalchemy.orm import Session
 
 from api import grants
@@ -196,7 +196,7 @@ def list_requests(s: Session, p: Principal, state: str | None, now_us: int) -> l
                 ExportRequest.cosigner_id == p.user_id,
                 (ExportRequest.state == "pending_cosign") & ExportRequest.requester_id.in_(same_unit)
                 if p.can("exports.cosign")
-                else False,
+                else false(),  # what or_() coerces a plain False to (the same False_ singleton)
             )
         )
     if state in STATES and state != "expired":

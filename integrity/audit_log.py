@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from integrity import audit_chain
 from nvr.models import AuditEvent, AuditHead
 
-_HEAD = AuditHead.__table__
-_EVENTS = AuditEvent.__table__
+_HEAD = cast(Table, AuditHead.__table__)
+_EVENTS = cast(Table, AuditEvent.__table__)
 OUTCOMES = ("allowed", "denied", "ok", "terminated", "failed")
 
 

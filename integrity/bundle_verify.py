@@ -333,8 +333,10 @@ class _Verifier:
         self.add("manifest signature", sig_problems, "manifest.json is signed by public_key.pem")
 
     def summarise(self, m: dict) -> None:
-        export = m.get("export") if isinstance(m.get("export"), dict) else {}
-        window = export.get("window") if isinstance(export.get("window"), dict) else {}
+        raw_export = m.get("export")
+        export: dict = raw_export if isinstance(raw_export, dict) else {}
+        raw_window = export.get("window")
+        window: dict = raw_window if isinstance(raw_window, dict) else {}
         self.summary.update(
             cameras=[c["id"] for c in m["cameras"]],
             window={"start": window.get("start"), "end": window.get("end")},

@@ -90,7 +90,8 @@ def save_state(session: Session, state: dict[str, Any]) -> None:
 class RateLimiter:
     """A token bucket of ``bytes_per_second`` holding at most one second's worth: :meth:`take` sleeps off the debt."""
 
-    def __init__(self, bytes_per_second: float, monotonic_us: Callable[[], int], sleep: Callable[[float], None]):
+    # sleep's return value is ignored (the Scrubber's default returns Event.wait(...) and None).
+    def __init__(self, bytes_per_second: float, monotonic_us: Callable[[], int], sleep: Callable[[float], object]):
         self.rate = bytes_per_second
         self._mono, self._sleep = monotonic_us, sleep
         self._tokens = 0.0

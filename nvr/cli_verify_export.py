@@ -23,7 +23,7 @@ from typer.core import TyperCommand
 try:  # typer >= 0.20 parses with its own copy of click, whose exceptions are not click's
     from typer._click.exceptions import UsageError as _TyperUsageError
 
-    _USAGE_ERRORS: tuple[type[Exception], ...] = (click.UsageError, _TyperUsageError)
+    _USAGE_ERRORS: tuple[type[click.UsageError | _TyperUsageError], ...] = (click.UsageError, _TyperUsageError)
 except ImportError:  # pragma: no cover - older typer
     _USAGE_ERRORS = (click.UsageError,)
 
@@ -42,9 +42,10 @@ def _usage(message: str) -> typer.Exit:
 class _VerifyExportCommand(TyperCommand):
     """Usage errors of this command exit 4, not click's 2 (which means "unsigned" here)."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):
+    # The type: ignores: TyperCommand is typed against typer's vendored copy of click, whose Context is not click's.
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any):  # type: ignore[override]
         try:
-            return super().make_context(info_name, args, parent=parent, **extra)
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[arg-type]
         except _USAGE_ERRORS as exc:
             raise _usage(exc.format_message()) from None
 

@@ -70,6 +70,9 @@ def _active_since(session: Session, camera_id: str, window_start: int) -> int | 
 def camera_status(session: Session, cam: Camera, now_us: int) -> CameraStatus:
     window_start = now_us - DAY_US
     rs = session.get(RecorderState, cam.id)
+    state: str
+    reason: str | None
+    since: int | None
     if cam.state != "active":
         state, reason, since = "offline", f"camera is {cam.state}", cam.state_changed_us
     elif rs is None:
@@ -104,17 +107,20 @@ def camera_status(session: Session, cam: Camera, now_us: int) -> CameraStatus:
     if base is not None and now_us > base:
         # Union of recorded intervals clipped to [base, now]; segments of one run touch, so merge as we go.
         covered = 0
-        cur_s = cur_e = None
+        cur_s: int | None = None
+        cur_e: int | None = None
         for s, e in sorted((max(s, base), min(e, now_us)) for s, e in segs):
             if e <= s:
                 continue
             if cur_e is None or s > cur_e:
                 if cur_e is not None:
+                    assert cur_s is not None  # cur_s and cur_e are only ever assigned together
                     covered += cur_e - cur_s
                 cur_s, cur_e = s, e
             else:
                 cur_e = max(cur_e, e)
         if cur_e is not None:
+            assert cur_s is not None  # cur_s and cur_e are only ever assigned together
             covered += cur_e - cur_s
         share = round(min(1.0, covered / (now_us - base)), 4)
     return CameraStatus(

@@ -30,13 +30,29 @@ import math
 import os
 import shutil
 import threading
+import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, bindparam, cast, delete, exists, func, insert, not_, select, update
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    not_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from integrity import audit_log, trusted_time
@@ -65,9 +81,9 @@ UNLINK_THREADS = 4
 IN_CHUNK = 5_000
 """Ids per ``IN (...)`` list: below SQLite's and PostgreSQL's bound-parameter limits for any batch size."""
 
-_SEGMENTS = Segment.__table__
-_TOMBSTONES = SegmentTombstone.__table__
-_BATCHES = SweepBatch.__table__
+_SEGMENTS = typing.cast(Table, Segment.__table__)
+_TOMBSTONES = typing.cast(Table, SegmentTombstone.__table__)
+_BATCHES = typing.cast(Table, SweepBatch.__table__)
 _TOMBSTONE_FIELDS = ("first_seq", "last_seq", "prev_link", "last_link", "start_us", "end_us", "segments", "bytes",
                      "deleted_us", "last_batch_id")  # fmt: skip
 _CANDIDATE_COLS = (
@@ -243,7 +259,7 @@ def max_age_passed(now_us: int) -> Any:
 def _deletable_on(volume_ids: Sequence[str], now_us: int, floor_days: int, dialect: str) -> Select[Any]:
     """Deletable segments on the volumes, range-restricted on ``retain_until_us``: only rows whose retention can have
     passed are read, through that column's index."""
-    q = select(*_CANDIDATE_COLS).where(
+    q: Select[*tuple[Any, ...]] = select(*_CANDIDATE_COLS).where(
         Segment.retain_until_us <= now_us,
         Segment.volume_id.in_(list(volume_ids)),
         protect.deletable(now_us, floor_days),
@@ -364,12 +380,11 @@ class Sweeper:
             need = self._space_needed(total, used)
             while need > 0 and not self._stop.is_set():
                 ids = [v.id for v in group]
-                freed = self._sweep(
-                    report,
-                    SPACE,
-                    lambda now, n=need, ids=ids: space_candidates(ids, now, self._floor, self.db.dialect, n),
-                    once=True,
-                )
+
+                def candidates(now: int, n: int = need, ids: list[str] = ids) -> Select[Any]:
+                    return space_candidates(ids, now, self._floor, self.db.dialect, n)
+
+                freed = self._sweep(report, SPACE, candidates, once=True)
                 if not freed:
                     break  # nothing more may go: the volume stays above the mark (the recorder's storage_full)
                 need -= freed
@@ -521,10 +536,13 @@ class Sweeper:
             ).scalar_one()
             marked = 0
             for chunk in _chunks(ids, IN_CHUNK):
-                marked += s.execute(
-                    update(_SEGMENTS)
-                    .where(_SEGMENTS.c.id.in_(chunk), protect.deletable(now, self._floor))
-                    .values(sweep_batch_id=batch_id)
+                marked += typing.cast(
+                    CursorResult[Any],
+                    s.execute(
+                        update(_SEGMENTS)
+                        .where(_SEGMENTS.c.id.in_(chunk), protect.deletable(now, self._floor))
+                        .values(sweep_batch_id=batch_id)
+                    ),
                 ).rowcount
             if not marked:
                 s.rollback()  # everything became protected since it was read: no batch at all
@@ -580,10 +598,13 @@ class Sweeper:
             protect.retention_passed(now, self._floor), not_(protect.held()), not_(protect.pinned(now))
         )
         with self.db.session() as s:
-            claimed = s.execute(
-                update(_BATCHES)
-                .where(_BATCHES.c.id == batch_id, _BATCHES.c.state == "marked")
-                .values(state="unlinking")
+            claimed = typing.cast(
+                CursorResult[Any],
+                s.execute(
+                    update(_BATCHES)
+                    .where(_BATCHES.c.id == batch_id, _BATCHES.c.state == "marked")
+                    .values(state="unlinking")
+                ),
             ).rowcount
             if claimed:
                 s.execute(
@@ -631,10 +652,13 @@ class Sweeper:
         batch's summary: :func:`sweep_events`). None if another sweeper finished it first."""
         now = self.clock.now_us()
         with self.db.session() as s:
-            claimed = s.execute(
-                update(_BATCHES)
-                .where(_BATCHES.c.id == batch_id, _BATCHES.c.state == "unlinked")
-                .values(state="done", finished_us=now)
+            claimed = typing.cast(
+                CursorResult[Any],
+                s.execute(
+                    update(_BATCHES)
+                    .where(_BATCHES.c.id == batch_id, _BATCHES.c.state == "unlinked")
+                    .values(state="done", finished_us=now)
+                ),
             ).rowcount
             if not claimed:
                 return None

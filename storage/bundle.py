@@ -382,8 +382,8 @@ def _check_inputs(inp: BundleInput, signer: signing.Signer) -> tuple[dict[int, d
         seen.add(cam.id)
         if not cam.segments:
             continue
-        cp = checkpoints.get(int(cam.checkpoint_id))
-        if cp is None:
+        cam_cp = checkpoints.get(int(cam.checkpoint_id))
+        if cam_cp is None:
             raise NvrError(
                 Kind.FAILED_PRECONDITION,
                 "checkpoint_missing",
@@ -402,7 +402,7 @@ def _check_inputs(inp: BundleInput, signer: signing.Signer) -> tuple[dict[int, d
                     Kind.DATA_LOSS, "segment_chain_broken", f"{_footage(cam.id, row)}: link does not recompute"
                 )
             prev = row
-        head = cp["parsed"].get("cameras", {}).get(cam.id)
+        head = cam_cp["parsed"].get("cameras", {}).get(cam.id)
         if prev is None or head is None or head.get("seq") != prev["seq"] or head.get("link") != prev["link"]:
             raise NvrError(
                 Kind.DATA_LOSS,
@@ -482,7 +482,7 @@ def write_bundle(
         sink = _Sink(fd, sink_pool, flush_pool, bundle_hash)
         remuxed = remux_pool.submit(_convenience, inp, tmp, w.cancelled)
         cams: list[dict] = []
-        with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]  # stub wants close(); ZipFile never closes a passed file
             for cam in inp.cameras:
                 segs = []
                 for seg in cam.segments:
@@ -598,7 +598,7 @@ def _manifest(
     files: list[dict],
     sums_sha: str,
 ) -> dict:
-    export = {k: None for k in EXPORT_KEYS}
+    export: dict = {k: None for k in EXPORT_KEYS}
     export.update(inp.export)
     export["window"] = {
         "start": iso(inp.window_start_us),

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 
@@ -150,7 +151,9 @@ class _Cut:
             if pkt.stream_index != self.video:
                 self.early.append(pkt)
                 return
-            self._start(pkt.pts if pkt.pts is not None else pkt.dts)
+            first_pts = pkt.pts if pkt.pts is not None else pkt.dts
+            assert first_pts is not None  # _remux feeds only packets whose dts is set
+            self._start(first_pts)
             early, self.early = self.early, None
             for p in early:
                 self._cut(p)
@@ -172,6 +175,7 @@ class _Cut:
         if index in self.done:
             return
         pts = pkt.dts if pkt.pts is None else pkt.pts
+        assert pts is not None  # _remux feeds only packets whose dts is set
         if pts >= self.end[index]:
             if pkt.is_keyframe:  # nothing after a keyframe refers back past it
                 self.done.add(index)
@@ -189,6 +193,7 @@ class _Cut:
         stream = self.outs[index]
         for p in waiting:
             if delta:
+                assert p.dts is not None  # every packet here came through feed(), which gets only packets with a dts
                 p.dts -= delta
                 if p.pts is not None:
                     p.pts -= delta
@@ -227,7 +232,8 @@ def _remux(
                     outs[s.index] = o
             if not inp.streams.video:
                 raise NvrError(Kind.DATA_LOSS, "remux_failed", "the spliced footage has no video track")
-            time_bases = {s.index: s.time_base for s in inp.streams}
+            # PyAV types Stream.time_base as optional; a demuxed MP4 track always has one (its timescale).
+            time_bases = cast(dict[int, Fraction], {s.index: s.time_base for s in inp.streams})
             cut = _Cut(out, outs, time_bases, inp.streams.video[0].index, (shift_us, end_media_us))
             for n, pkt in enumerate(inp.demux(), 1):
                 if cancelled is not None and n % CANCEL_EVERY == 0 and cancelled():

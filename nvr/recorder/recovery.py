@@ -50,7 +50,8 @@ def probe(path: Path) -> tuple[int, int]:
             last_dur = pkt.duration or 0
         if first is None or last is None:
             return 0, 0
-        return frames, int((last + last_dur - first) * v.time_base * 1_000_000)
+        # PyAV's stub types Stream.time_base as optional; a demuxed track always has one.
+        return frames, int((last + last_dur - first) * v.time_base * 1_000_000)  # type: ignore[operator]
 
 
 def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:

@@ -194,7 +194,7 @@ class CameraWorker(threading.Thread):
                 "unsupported_codec",
                 f"video codec {videos[0].codec_context.name} is not supported (supported: {', '.join(VIDEO_CODECS)})",
             )
-        kept = [st for st in videos if st.codec_context.name in VIDEO_CODECS]
+        kept: list[av.stream.Stream] = [st for st in videos if st.codec_context.name in VIDEO_CODECS]
         fmt = "mp4"
         for a in container.streams.audio:
             name = a.codec_context.name
@@ -213,7 +213,7 @@ class CameraWorker(threading.Thread):
         s = self.ctx.settings
         video, streams, fmt = self._select_streams(container)
         codecs = ",".join(st.codec_context.name for st in streams)
-        vtb: Fraction = video.time_base
+        vtb: Fraction = video.time_base  # type: ignore[assignment]  # PyAV stub: Optional; a demuxed track has one
         rate = video.average_rate or video.guessed_rate or 25
         timelines: dict[int, StreamTimeline] = {}
         for st in streams:
@@ -289,6 +289,7 @@ class CameraWorker(threading.Thread):
                     and free_bytes(seg.writer.volume.path) < s.volume_min_free_bytes
                 ):
                     # Below the critical mark: close this segment cleanly at a GOP boundary, then stop writing.
+                    assert run_offset is not None  # set just above for every video packet
                     self._finish(seg, media_us - seg.first_media_us, run_offset)
                     raise NvrError(
                         Kind.UNAVAILABLE,
