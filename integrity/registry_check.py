@@ -139,51 +139,26 @@ def flag_if_edited(session: Session, cam: Camera, now_us: int) -> bool:
     """Before an audited change to ``cam``: if its record no longer has the digest its newest audited change named,
     someone edited it outside the service functions. Open a ``registry_mismatch`` finding now, in the change's
     transaction, so the legitimate change about to be audited cannot cover the edit. Returns True when it did."""
-    from integrity.verify_archive import open_finding
-
-    latest = latest_camera_change(session, cam.id)
-    now = camera_digest(cam)
-    if latest is None or latest.digest == now:
-        return False
-    open_finding(
-        session,
-        Problem(
-            "registry_mismatch",
-            cam.id,
-            None,
-            None,
-            f"camera {cam.id}",
-            f"its record had sha256 {_short(now)} when it was next changed, but audit event {latest.seq} "
-            f"({latest.action}) named sha256 {_short(latest.digest)}: it was edited in the database in between",
-        ),
-        "registry",
-        now_us,
-    )
-    return True
+    return _flag(session, latest_camera_change(session, cam.id), camera_digest(cam), cam.id, f"camera {cam.id}", now_us)
 
 
 def flag_policy_if_edited(session: Session, policy: RetentionPolicy, now_us: int) -> bool:
     """:func:`flag_if_edited` for a retention policy, before an audited change to it."""
+    return _flag(
+        session, latest_policy_change(session, policy), policy_digest(policy), None, f"policy {policy.id}", now_us
+    )
+
+
+def _flag(session: Session, latest: Audited | None, now: str, camera_id: str | None, subject: str, now_us: int) -> bool:
     from integrity.verify_archive import open_finding
 
-    latest = latest_policy_change(session, policy)
-    now = policy_digest(policy)
     if latest is None or latest.digest == now:
         return False
-    open_finding(
-        session,
-        Problem(
-            "registry_mismatch",
-            None,
-            None,
-            None,
-            f"policy {policy.id}",
-            f"policy {policy.name!r} had sha256 {_short(now)} when it was next changed, but audit event "
-            f"{latest.seq} ({latest.action}) named sha256 {_short(latest.digest)}: it was edited in the database",
-        ),
-        "registry",
-        now_us,
+    detail = (
+        f"its record had sha256 {_short(now)} when it was next changed, but audit event {latest.seq} "
+        f"({latest.action}) named sha256 {_short(latest.digest)}: it was edited in the database in between"
     )
+    open_finding(session, Problem("registry_mismatch", camera_id, None, None, subject, detail), "registry", now_us)
     return True
 
 

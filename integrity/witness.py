@@ -142,19 +142,6 @@ def newest(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def append(path: Path, entries: list[dict[str, Any]]) -> None:
-    if not entries:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in entries)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        os.write(fd, data.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def continue_from(settings: Settings) -> tuple[int, str] | None:
     """(seq, hash) of the newest checkpoint any witness holds: a new checkpoint never re-uses its number."""
     best: tuple[int, str] | None = None
@@ -205,11 +192,15 @@ def _catch_up_one(s: Session, trusted: Mapping[str, Any], p: Path, full: bool) -
                 break
             good.append(entry(row, full=full))
             after, prev = int(row.seq or 0), checkpoints.body_hash(row.body)
-        try:
-            append(p, good)
-        except OSError as exc:
-            log.error("cannot append to the checkpoint witness %s: %s", p, exc)
-            return 0
+        if good:
+            try:  # through the locked descriptor (O_APPEND), then fsync: one write per catch-up
+                os.write(
+                    fd, "".join(json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in good).encode()
+                )
+                os.fsync(fd)
+            except OSError as exc:
+                log.error("cannot append to the checkpoint witness %s: %s", p, exc)
+                return 0
         return len(good)
     finally:
         os.close(fd)

@@ -44,6 +44,7 @@ from nvr.clock import iso
 from nvr.config import Settings
 from nvr.db import Database, redact_db_url
 from nvr.errors import Kind, NvrError
+from storage.volumes import fsync_dir
 
 BACKUP_TYPE = "nvr-backup"
 BACKUP_VERSION = 1
@@ -56,7 +57,6 @@ PRIVATE_MODE = 0o600
 DB_MODE = 0o600
 """The database holds camera stream credentials and password hashes: the copy is readable by its owner only."""
 COUNTED = ("cameras", "segments", "segment_tombstones", "audit_events", "checkpoints", "signing_keys")
-CHUNK = 1 << 20
 PRIVATE_WARNING = (
     "the backup holds the server's private signing key: whoever reads it can sign checkpoints and export bundles "
     "as this server; keep it as safe as the server itself"
@@ -219,7 +219,7 @@ def make_backup(db: Database, settings: Settings, dest: Path, *, now_us: int, wi
         manifest = json.dumps(result.manifest(), indent=2, sort_keys=True).encode() + b"\n"
         _write_new(dest / MANIFEST, [manifest], 0o644, created)
         for d in {dest, *(p.parent for p in created)}:
-            _fsync_dir(d)
+            fsync_dir(d)
     except BaseException:
         for p in reversed(created):
             with contextlib.suppress(OSError):
@@ -471,24 +471,14 @@ def _write_new(path: Path, chunks: list[bytes], mode: int, created: list[Path]) 
 
 
 def _hash(path: Path) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+    from integrity.verify_archive import hash_file
+
+    h = hash_file(path)
+    return h.size, h.sha256
 
 
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
     finally:
