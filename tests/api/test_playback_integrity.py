@@ -7,88 +7,31 @@ exactly as the recorder registers what it writes (tests/support/footage.py does 
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import shutil
-import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 from sqlalchemy import select, update
 
 from integrity.verify_archive import open_findings
 from nvr.clock import iso, parse_iso
-from nvr.models import AuditEvent, IntegrityFinding, ReadPin, Segment, Volume
-from storage import catalog, layout
-from storage.writer import MOVFLAGS
+from nvr.models import AuditEvent, IntegrityFinding, ReadPin, Segment
+from storage import catalog
 from tests.api.conftest import DAY_US, Api
 from tests.support import footage
-from tests.support.footage import CLIP_SECONDS, FPS
+from tests.support.footage import CLIP_SECONDS
 from tests.support.media import top_boxes
 
 SEG_US = CLIP_SECONDS * 1_000_000
 SEGMENTS = 5
 
 
-@functools.lru_cache(maxsize=SEGMENTS)
-def _clip(variant: int) -> Path:
-    """footage.clip's 2 s, 25 fps, 1 s GOP clip, with a picture of its own per ``variant``."""
-    width, height = 160, 120
-    path = Path(tempfile.mkdtemp(prefix="nvr-clip-")) / f"clip-{variant}.mp4"
-    with av.open(str(path), "w", format="mp4", options={"movflags": MOVFLAGS}) as out:
-        st = out.add_stream("libx264", rate=FPS)
-        st.width, st.height, st.pix_fmt = width, height, "yuv420p"
-        st.codec_context.gop_size = FPS
-        st.codec_context.options = {"x264-params": "keyint=25:min-keyint=25:scenecut=0", "preset": "ultrafast"}
-        st.codec_context.time_base = Fraction(1, FPS)
-        for i in range(CLIP_SECONDS * FPS):
-            frame = av.VideoFrame(width, height, "yuv420p")
-            for plane in frame.planes:
-                plane.update(
-                    bytes(((x * (variant + 1) + i * 4 + variant * 37) % 256) for x in range(plane.buffer_size))
-                )
-            frame.pts = i
-            for pkt in st.encode(frame):
-                out.mux(pkt)
-        for pkt in st.encode(None):
-            out.mux(pkt)
-    return path
-
-
 def _add_distinct_segments(api: Api, camera_id: str, start_us: int) -> list[Path]:
-    """SEGMENTS touching segments from ``start_us``, segment i (seq i + 1) a copy of _clip(i); returns the files."""
-    paths = []
-    with api.rt.db.session() as s:
-        vol = s.scalars(select(Volume)).one()
-        for i in range(SEGMENTS):
-            src = _clip(i)
-            t = start_us + i * SEG_US
-            rel = str(layout.stem_for(camera_id, t)) + ".mp4"
-            dst = Path(vol.path) / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            catalog.register_segment(
-                s,
-                camera_id=camera_id,
-                volume_id=vol.id,
-                rel_path=rel,
-                start_us=t,
-                media_duration_us=SEG_US,
-                size=dst.stat().st_size,
-                frames=CLIP_SECONDS * FPS,
-                codecs="h264",
-                clock_offset_us=0,
-                sha256=hashlib.sha256(dst.read_bytes()).hexdigest(),
-                recovered=False,
-                now_us=api.clock.now_us(),
-                floor_days=api.rt.settings.retention_floor_days,
-            )
-            paths.append(dst)
-    return paths
+    """SEGMENTS touching segments from ``start_us``, no two files alike; returns the files in seq order."""
+    footage.add_segments(api.rt, camera_id, start_us, SEGMENTS, first_variant=0)
+    return [footage.segment_path(api.rt, camera_id, seq) for seq in range(1, SEGMENTS + 1)]
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ Real database, real segment files (tests/support/footage), the real sweeper with
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from integrity import audit_chain, audit_log
 from integrity.problems import Problem
@@ -25,12 +24,12 @@ from nvr.models import (
     Segment,
     SegmentTombstone,
     SweepBatch,
-    Volume,
 )
 from nvr.runtime import Runtime
 from retention.sweeper import Sweeper
 from storage import catalog
 from tests.support.footage import add_camera, add_segments
+from tests.support.tamper import delete_run
 
 DAY = 86_400_000_000
 T0 = 1_700_000_000_000_000
@@ -88,31 +87,7 @@ def _only(problems: list[Problem], camera_id: str, first: int, last: int) -> Pro
 
 def _delete_rows(rt: Runtime, camera_id: str, first: int, last: int) -> dict[str, Any]:
     """Delete rows first..last and their files by hand; returns the tombstone body whose links make the chain join."""
-    with rt.db.session() as s:
-        rows = list(
-            s.scalars(
-                select(Segment)
-                .where(Segment.camera_id == camera_id, Segment.seq >= first, Segment.seq <= last)
-                .order_by(Segment.seq)
-            )
-        )
-        assert [r.seq for r in rows] == list(range(first, last + 1))
-        vol = {v.id: Path(v.path) for v in s.scalars(select(Volume))}
-        for r in rows:
-            (vol[r.volume_id] / r.rel_path).unlink()
-        body = {
-            "camera_id": camera_id,
-            "first_seq": first,
-            "last_seq": last,
-            "prev_link": rows[0].prev_link,
-            "last_link": rows[-1].link,
-            "start_us": rows[0].start_us,
-            "end_us": rows[-1].end_us,
-            "segments": len(rows),
-            "bytes": sum(r.bytes for r in rows),
-        }
-        s.execute(delete(Segment).where(Segment.id.in_([r.id for r in rows])))
-    return body
+    return delete_run(rt, camera_id, first, last)
 
 
 # --- a real sweep proves its tombstones ----------------------------------------------------------------------------

@@ -24,10 +24,11 @@ CLIP_SECONDS = 2
 FPS = 25
 
 
-@functools.lru_cache(maxsize=4)
-def clip(width: int = 160, height: int = 120) -> Path:
-    """A 2 s clip, 25 fps, a keyframe every second, changing pixels; encoded once per test process."""
-    path = Path(tempfile.mkdtemp(prefix="nvr-clip-")) / f"clip-{width}x{height}.mp4"
+@functools.lru_cache(maxsize=64)
+def clip(width: int = 160, height: int = 120, variant: int = 0) -> Path:
+    """A 2 s clip, 25 fps, a keyframe every second, changing pixels; encoded once per test process. Each
+    ``variant`` has a picture of its own (variant 0 is the default clip), for footage whose files all differ."""
+    path = Path(tempfile.mkdtemp(prefix="nvr-clip-")) / f"clip-{width}x{height}-{variant}.mp4"
     with av.open(str(path), "w", format="mp4", options={"movflags": MOVFLAGS}) as out:
         st = out.add_stream("libx264", rate=FPS)
         st.width, st.height, st.pix_fmt = width, height, "yuv420p"
@@ -37,7 +38,9 @@ def clip(width: int = 160, height: int = 120) -> Path:
         for i in range(CLIP_SECONDS * FPS):
             frame = av.VideoFrame(width, height, "yuv420p")
             for plane in frame.planes:
-                plane.update(bytes(((x + i * 4) % 256) for x in range(plane.buffer_size)))
+                plane.update(
+                    bytes(((x * (variant + 1) + i * 4 + variant * 37) % 256) for x in range(plane.buffer_size))
+                )
             frame.pts = i
             for pkt in st.encode(frame):
                 out.mux(pkt)
@@ -66,11 +69,11 @@ def add_camera(rt: Runtime, camera_id: str, unit: str = "Unit A", share_class: s
         )
 
 
-def add_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> list[int]:
-    """``count`` touching 2 s segments from ``start_us``; returns their start times."""
-    src = clip()
-    size = src.stat().st_size
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+def add_segments(
+    rt: Runtime, camera_id: str, start_us: int, count: int, *, first_variant: int | None = None
+) -> list[int]:
+    """``count`` touching 2 s segments from ``start_us``; returns their start times. With ``first_variant``, segment
+    i is a copy of ``clip(variant=first_variant + i)``, so no two of its files are equal (a swap is a real change)."""
     starts = []
     with rt.db.session() as s:
         vol = s.scalars(select(Volume)).first()
@@ -80,6 +83,8 @@ def add_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> list
             rel = str(layout.stem_for(camera_id, t)) + ".mp4"
             dst = Path(vol.path) / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
+            src = clip() if first_variant is None else clip(variant=first_variant + i)
+            size, digest = _file_facts(src)
             shutil.copyfile(src, dst)
             catalog.register_segment(
                 s,
@@ -99,6 +104,11 @@ def add_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> list
             )
             starts.append(t)
     return starts
+
+
+@functools.lru_cache(maxsize=64)
+def _file_facts(path: Path) -> tuple[int, str]:
+    return path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def segment_path(rt: Runtime, camera_id: str, seq: int) -> Path:

@@ -11,43 +11,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import av
 from sqlalchemy import delete, func, select, update
 
 from integrity import audit_chain, chain, checkpoints, signing
-from nvr.models import AuditEvent, AuditHead, CameraChainHead, Checkpoint, Segment, SegmentTombstone, SigningKey, Volume
+from nvr.models import AuditEvent, AuditHead, CameraChainHead, Checkpoint, Segment, SegmentTombstone, SigningKey
 from nvr.runtime import Runtime
-from storage import catalog, layout
-from tests.support.footage import CLIP_SECONDS, FPS, clip, segment_path
+from tests.support.footage import CLIP_SECONDS, add_segments, segment_path
 
 SEG = CLIP_SECONDS * 1_000_000
 
 
 # --- footage whose every file differs (so a swap is a real change) ------------------------------------------------
 def distinct_segments(rt: Runtime, camera_id: str, start_us: int, count: int) -> None:
-    """Like footage.add_segments, but every file is remuxed with its own metadata, so no two files are equal."""
-    with rt.db.session() as s:
-        vol = s.scalars(select(Volume)).first()
-        assert vol is not None
-        for i in range(count):
-            t = start_us + i * SEG
-            rel = str(layout.stem_for(camera_id, t)) + ".mp4"
-            dst = Path(vol.path) / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with av.open(str(clip())) as src, av.open(str(dst), "w", format="mp4") as out:
-                out.metadata["comment"] = f"{camera_id} segment {i}"
-                o = out.add_stream_from_template(src.streams.video[0])
-                for pkt in src.demux(src.streams.video[0]):
-                    if pkt.dts is not None:
-                        pkt.stream = o
-                        out.mux(pkt)
-            data = dst.read_bytes()
-            catalog.register_segment(
-                s, camera_id=camera_id, volume_id=vol.id, rel_path=rel, start_us=t, media_duration_us=SEG,
-                size=len(data), frames=CLIP_SECONDS * FPS, codecs="h264", clock_offset_us=0,
-                sha256=hashlib.sha256(data).hexdigest(), recovered=False, now_us=rt.clock.now_us(),
-                floor_days=rt.settings.retention_floor_days,
-            )  # fmt: skip
+    """Like footage.add_segments, but no two files are equal, within the camera or across cameras (each camera
+    name starts its own run of clip variants), so a swap is a real change."""
+    add_segments(rt, camera_id, start_us, count, first_variant=1 + 10 * (sum(map(ord, camera_id)) % 50))
 
 
 # --- segment files and rows ---------------------------------------------------------------------------------------
@@ -112,9 +90,9 @@ def set_issued_head(rt: Runtime, camera_id: str, seq: int) -> None:
         s.execute(update(CameraChainHead).where(CameraChainHead.camera_id == camera_id).values(seq=seq, link=link))
 
 
-def forge_tombstone(rt: Runtime, camera_id: str, first: int, last: int) -> None:
-    """Delete rows ``first..last`` and their files and write the tombstone the sweeper would have written, with the
-    links that make the chain join across the hole."""
+def delete_run(rt: Runtime, camera_id: str, first: int, last: int) -> dict[str, Any]:
+    """Delete rows ``first..last`` and their files by hand; returns the tombstone body (without ``deleted_us`` and
+    ``last_batch_id``) whose links make the chain join across the hole, as the sweeper would have written it."""
     with rt.db.session() as s:
         rows = list(
             s.scalars(
@@ -137,6 +115,13 @@ def forge_tombstone(rt: Runtime, camera_id: str, first: int, last: int) -> None:
         }
     paths = delete_rows(rt, camera_id, list(range(first, last + 1)), files=True)
     assert paths
+    return tomb
+
+
+def forge_tombstone(rt: Runtime, camera_id: str, first: int, last: int) -> None:
+    """Delete rows ``first..last`` and their files and write the tombstone the sweeper would have written, with the
+    links that make the chain join across the hole."""
+    tomb = delete_run(rt, camera_id, first, last)
     with rt.db.session() as s:
         batch = int(s.scalar(select(func.coalesce(func.max(SegmentTombstone.last_batch_id), 0))) or 0) + 1
         s.add(SegmentTombstone(**tomb, deleted_us=rt.clock.now_us(), last_batch_id=batch))
