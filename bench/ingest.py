@@ -274,7 +274,7 @@ def losses(
 def register_main(data_dir: str, port: int, cameras: int) -> None:
     """Child process: register and activate the cameras through the ``nvr`` CLI's own entry (one process, not N)."""
     os.environ["NVR_DATA_DIR"] = data_dir
-    from nvr.cli import app
+    from nvr.cli.common import app
 
     for i in range(1, cameras + 1):
         app(

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from integrity import audit_log, checkpoints
-from nvr import cli_backup
+from nvr.cli import backup as cli_backup
 from nvr.models import AuditHead, Segment
 from nvr.runtime import Runtime
 from tests.support.footage import CLIP_SECONDS, add_camera, add_segments

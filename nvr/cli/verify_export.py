@@ -27,7 +27,7 @@ try:  # typer >= 0.20 parses with its own copy of click, whose exceptions are no
 except ImportError:  # pragma: no cover - older typer
     _USAGE_ERRORS = (click.UsageError,)
 
-from nvr.cli import app
+from nvr.cli.common import app
 
 EXIT = {"valid": 0, "invalid": 1, "unsigned": 2, "unreadable": 3}
 EXIT_USAGE = 4

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from nvr.cli import JsonOpt, YesOpt, _cli_actor, _emit, _runtime, retention_app
+from nvr.cli.common import JsonOpt, YesOpt, cli_actor, emit, retention_app, runtime
 from nvr.errors import NvrError
 
 policy_app = typer.Typer(no_args_is_help=True, help="Retention policies: how long each camera's footage is kept.")
@@ -29,7 +29,7 @@ def cli_change(rt: Any, acknowledge: bool = False) -> Any:
     from integrity.audit_log import CLI
     from retention.policies import Change
 
-    return Change(rt.settings, rt.clock.now_us(), _cli_actor(), CLI, acknowledge)
+    return Change(rt.settings, rt.clock.now_us(), cli_actor(), CLI, acknowledge)
 
 
 def confirmed(run: Callable[[bool], T], yes: bool) -> T:
@@ -76,7 +76,7 @@ def policy_list(as_json: JsonOpt = False) -> None:
     """All policies with their days and how many cameras use each (* marks the default)."""
     from retention import policies
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         views = [_view(s, rt, p) for p in policies.list_policies(s)]
     lines = [
@@ -84,7 +84,7 @@ def policy_list(as_json: JsonOpt = False) -> None:
         + (f"  {v['description']}" if v["description"] else "")
         for v in views
     ]
-    _emit({"policies": views}, as_json, "\n".join(lines))
+    emit({"policies": views}, as_json, "\n".join(lines))
 
 
 @policy_app.command("show")
@@ -92,11 +92,11 @@ def policy_show(name: str, as_json: JsonOpt = False) -> None:
     """One policy and the cameras on it."""
     from retention import policies
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         v = _view(s, rt, policies.get(s, name))
     human = "\n".join(f"{k}: {', '.join(x) if isinstance(x, list) else x}" for k, x in v.items())
-    _emit(v, as_json, human)
+    emit(v, as_json, human)
 
 
 @policy_app.command("create")
@@ -110,10 +110,10 @@ def policy_create(
     """A new policy; no camera uses it until one is assigned (so it needs no capacity check)."""
     from retention import policies
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         v = _saved_view(s, rt, policies.create(s, cli_change(rt), name, min_days, max_days, description))
-    _emit(v, as_json, f"created policy {name} ({_describe(v)})")
+    emit(v, as_json, f"created policy {name} ({_describe(v)})")
 
 
 @policy_app.command("update")
@@ -132,7 +132,7 @@ def policy_update(
 
     if no_max_days and max_days is not None:
         raise typer.BadParameter("give --max-days or --no-max-days, not both")
-    rt = _runtime()
+    rt = runtime()
 
     def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
         with rt.db.session() as s:
@@ -148,7 +148,7 @@ def policy_update(
 
     v, warnings = confirmed(run, yes)
     human = f"updated policy {name} ({_describe(v)}); retain_until extended on {v['extended_segments']} segment(s)"
-    _emit(v, as_json, human + warning_lines(warnings))
+    emit(v, as_json, human + warning_lines(warnings))
 
 
 @policy_app.command("delete")
@@ -156,7 +156,7 @@ def policy_delete(name: str) -> None:
     """Delete a policy no camera uses and that is not the default."""
     from retention import policies
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         policies.delete(s, cli_change(rt), name)
     typer.echo(f"deleted policy {name}")
@@ -167,7 +167,7 @@ def policy_set_default(name: str) -> None:
     """Make this the policy new cameras get (cameras already added keep theirs)."""
     from retention import policies
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         policies.set_default(s, cli_change(rt), name)
     typer.echo(f"{name} is now the default policy")
@@ -178,7 +178,7 @@ def policy_assign(camera: str, policy: str, yes: YesOpt = False, as_json: JsonOp
     """Put a camera on a policy; one keeping footage longer extends the retention of its existing footage."""
     from retention import policies
 
-    rt = _runtime()
+    rt = runtime()
 
     def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
         with rt.db.session() as s:
@@ -193,4 +193,4 @@ def policy_assign(camera: str, policy: str, yes: YesOpt = False, as_json: JsonOp
 
     v, warnings = confirmed(run, yes)
     human = f"camera {camera} is on policy {policy}; retain_until extended on {v['extended_segments']} segment(s)"
-    _emit(v, as_json, human + warning_lines(warnings))
+    emit(v, as_json, human + warning_lines(warnings))

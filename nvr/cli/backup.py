@@ -39,7 +39,7 @@ import typer
 from sqlalchemy import select, text
 from sqlalchemy.engine import URL, make_url
 
-from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, cli_actor, emit, runtime
 from nvr.clock import iso
 from nvr.config import Settings
 from nvr.db import Database, redact_db_url
@@ -122,7 +122,7 @@ def backup(
     with each file's size and SHA-256. Restore and verify: docs/integrity/backup.md."""
     from integrity import audit_log
 
-    rt = _runtime(migrate=False)
+    rt = runtime(migrate=False)
     result = make_backup(rt.db, rt.settings, dest, now_us=rt.clock.now_us(), with_private_key=with_private_key)
     for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
@@ -138,7 +138,7 @@ def backup(
             audit_log.record(
                 s,
                 rt.clock.now_us(),
-                _cli_actor(),
+                cli_actor(),
                 audit_log.CLI,
                 audit_log.Event(
                     "backup.create",
@@ -151,7 +151,7 @@ def backup(
     except Exception as exc:  # the copy is made; say so rather than hide it behind a failed audit write
         typer.echo(f"warning: backup made but its audit event could not be written: {exc.__class__.__name__}", err=True)
     data = result.manifest()
-    _emit(data, as_json, human(result))
+    emit(data, as_json, human(result))
     if not result.complete:
         typer.echo(
             f"error: backup_database_not_copied: {db.get('reason')}; run this to finish the backup:\n"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, cli_actor, emit, runtime
 
 
 @app.command("verify")
@@ -41,7 +41,7 @@ def verify(
     from integrity import audit_log
     from integrity.verify_archive import record_findings, total_bytes, verify_archive
 
-    rt = _runtime(migrate=False)
+    rt = runtime(migrate=False)
     copies = list(against or [])
     for c in copies:
         if not c.is_file():
@@ -60,7 +60,7 @@ def verify(
             audit_log.record(
                 s,
                 now,
-                _cli_actor(),
+                cli_actor(),
                 audit_log.CLI,
                 audit_log.Event(
                     "integrity.verify",
@@ -71,7 +71,7 @@ def verify(
                 ),
             )
         data["recorded"] = {"new": new, "intact_again": intact}
-    _emit(data, as_json, human(data))
+    emit(data, as_json, human(data))
     if not report.ok:
         raise typer.Exit(1)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nvr.cli import JsonOpt, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, emit, runtime
 
 
 def size(n: float | None) -> str:
@@ -74,7 +74,7 @@ def capacity(as_json: JsonOpt = False) -> None:
     met (exit 0 even then; the warnings are printed last)."""
     from retention import capacity as cap
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         found = cap.forecast(s, rt.settings, rt.clock.now_us(), rt.settings.effective_volumes).as_dict()
-    _emit(found, as_json, human(found))
+    emit(found, as_json, human(found))

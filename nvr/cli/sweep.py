@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, retention_app
+from nvr.cli.common import JsonOpt, cli_actor, emit, retention_app, runtime
 
 
 @retention_app.command("sweep")
@@ -19,10 +19,10 @@ def sweep(
     from api import audit
     from retention.sweeper import Sweeper
 
-    rt = _runtime()
-    report = Sweeper(rt.db, rt.settings, rt.clock, actor=_cli_actor(), meta=audit.CLI).run(dry_run=dry_run)
+    rt = runtime()
+    report = Sweeper(rt.db, rt.settings, rt.clock, actor=cli_actor(), meta=audit.CLI).run(dry_run=dry_run)
     data = report.as_dict()
-    _emit(data, as_json, human(data))
+    emit(data, as_json, human(data))
     if report.errors:
         raise typer.Exit(1)
 

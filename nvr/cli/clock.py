@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, cli_actor, emit, runtime
 
 clock_app = typer.Typer(
     no_args_is_help=True,
@@ -62,14 +62,14 @@ def status(as_json: JsonOpt = False) -> None:
     from integrity.trusted_time import META_KEY
     from nvr.models import Meta
 
-    rt = _runtime()
+    rt = runtime()
     trusted = rt.trusted
     trusted.refresh()
     st = trusted.status()
     with rt.db.session() as s:
         recorded = s.scalar(select(Meta.value).where(Meta.key == META_KEY))
     data = {**st.as_dict(), "outage_recorded": recorded is not None}
-    _emit(data, as_json, _human(st))
+    emit(data, as_json, _human(st))
     if not st.trusted:
         raise typer.Exit(1)
 
@@ -88,8 +88,8 @@ def confirm(
     clock, which becomes the trusted time's anchor. Refused without --reason."""
     from integrity import audit_log, trusted_time
 
-    rt = _runtime()
-    done = trusted_time.confirm(rt.db, rt.settings, rt.clock, reason or "", actor=_cli_actor(), meta=audit_log.CLI)
+    rt = runtime()
+    done = trusted_time.confirm(rt.db, rt.settings, rt.clock, reason or "", actor=cli_actor(), meta=audit_log.CLI)
     data = {
         "before": done.before.as_dict(),
         "after": done.after.as_dict(),
@@ -101,4 +101,4 @@ def confirm(
         f"confirmed (audit event {done.audit_seq}); checkpoint {done.checkpoint_id} signed at the wall clock is the "
         f"new anchor\nbefore: {done.before.message()}\nafter:  {done.after.message()}"
     )
-    _emit(data, as_json, human)
+    emit(data, as_json, human)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, cli_actor, emit, runtime
 from nvr.clock import iso
 
 integrity_app = typer.Typer(
@@ -24,7 +24,7 @@ def findings_list(as_json: JsonOpt = False) -> None:
     from integrity.findings import view
     from integrity.verify_archive import open_findings
 
-    rt = _runtime(migrate=False)
+    rt = runtime(migrate=False)
     with rt.db.session() as s:
         rows = [view(f) for f in open_findings(s)]
     human = "\n".join(
@@ -32,7 +32,7 @@ def findings_list(as_json: JsonOpt = False) -> None:
         + (f"  [intact again {r['intact_again']}]" if r["intact_again"] else "")
         for r in rows
     )
-    _emit({"findings": rows}, as_json, human or "no open finding")
+    emit({"findings": rows}, as_json, human or "no open finding")
 
 
 @integrity_app.command("resolve")
@@ -44,8 +44,8 @@ def findings_resolve(
     """Resolve one finding with a note; one integrity.finding.resolve audit event records who and why."""
     from integrity import audit_log, findings
 
-    rt = _runtime(migrate=False)
+    rt = runtime(migrate=False)
     with rt.db.session() as s:
-        f = findings.resolve(s, finding_id, note, actor=_cli_actor(), meta=audit_log.CLI, now_us=rt.clock.now_us())
+        f = findings.resolve(s, finding_id, note, actor=cli_actor(), meta=audit_log.CLI, now_us=rt.clock.now_us())
         data = {"id": f.id, "kind": f.kind, "subject": f.subject, "resolved": iso(f.resolved_us), "by": f.resolved_by}
-    _emit(data, as_json, f"finding {data['id']} ({data['kind']} {data['subject']}) resolved")
+    emit(data, as_json, f"finding {data['id']} ({data['kind']} {data['subject']}) resolved")

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvr.cli import JsonOpt, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, emit, runtime
 from nvr.clock import iso
 
 checkpoints_app = typer.Typer(
@@ -47,7 +47,7 @@ def checkpoints_export(
 ) -> None:
     """The key log and the signed checkpoint chain as JSON lines, for an auditor to keep (see 'nvr verify
     --against')."""
-    rt = _runtime(migrate=False)
+    rt = runtime(migrate=False)
     lines = export_lines(rt, after_seq)
     text = "".join(json.dumps(x, sort_keys=True, separators=(",", ":")) + "\n" for x in lines)
     n = sum(1 for x in lines if "checkpoint" in x)
@@ -72,7 +72,7 @@ def checkpoints_list(
     from integrity import keys
     from nvr.models import Checkpoint
 
-    rt = _runtime(migrate=False)
+    rt = runtime(migrate=False)
     with rt.db.session() as s:
         trusted = keys.trusted_keys(s, rt.settings)
         rows = list(s.scalars(select(Checkpoint).order_by(Checkpoint.seq.desc()).limit(limit)))
@@ -91,7 +91,7 @@ def checkpoints_list(
         f"{d['seq']:>8}  {d['created']}  key {d['key_id']}{'' if d['pinned_key'] else ' (NOT PINNED)'}  {d['hash']}"
         for d in data
     )
-    _emit(data, as_json, human or "no checkpoint yet")
+    emit(data, as_json, human or "no checkpoint yet")
 
 
 @checkpoints_app.command("sign")
@@ -99,6 +99,6 @@ def checkpoints_sign(as_json: JsonOpt = False) -> None:
     """Sign a checkpoint now (the server signs one at start and then on its schedule)."""
     from integrity import checkpoints
 
-    rt = _runtime()
+    rt = runtime()
     row = checkpoints.sign_checkpoint(rt.db, rt.settings, rt.clock, now_us=rt.trusted.checkpoint_time_us())
-    _emit({"seq": row.seq, "id": row.id, "created": iso(row.created_us)}, as_json, f"checkpoint seq {row.seq} signed")
+    emit({"seq": row.seq, "id": row.id, "created": iso(row.created_us)}, as_json, f"checkpoint seq {row.seq} signed")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvr.cli import JsonOpt, _cli_actor, _emit, _runtime, app
+from nvr.cli.common import JsonOpt, app, cli_actor, emit, runtime
 from nvr.clock import iso
 
 keys_app = typer.Typer(
@@ -42,7 +42,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
     """Every signing key the server has used, oldest first; the active one is marked with '*'."""
     from integrity import keys
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         pinned = keys.pinned(s, rt.settings)
         rows = [_row(k) for k in keys.public_keys(s)]
@@ -66,7 +66,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
         human = "\n".join(lines)
     if pinned.problems:
         human += "\nkey log problems:\n" + "\n".join(f"  {p}" for p in pinned.problems)
-    _emit({"keys": rows, "key_log_problems": pinned.problems}, as_json, human)
+    emit({"keys": rows, "key_log_problems": pinned.problems}, as_json, human)
 
 
 @keys_app.command("rotate")
@@ -79,7 +79,7 @@ def keys_rotate(
     fingerprint need the new one for bundles made from now on."""
     from integrity import audit_log, keys
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         current = keys.active_key(s)
     if not yes:
@@ -87,7 +87,7 @@ def keys_rotate(
         if not typer.confirm(f"{what}?"):
             typer.echo("nothing changed", err=True)
             raise typer.Exit(1)
-    actor, kd, now = _cli_actor(), rt.settings.keys_dir, rt.clock.now_us()
+    actor, kd, now = cli_actor(), rt.settings.keys_dir, rt.clock.now_us()
     retired = None
     with rt.db.session() as s:
         if keys.active_key(s) is None:
@@ -101,7 +101,7 @@ def keys_rotate(
     lines = [f"retired {retired.key_id}" if retired else "created the first signing key"]
     lines += [f"active key {new.key_id} ({new.suite})", f"fingerprint {active['fingerprint']}"]
     lines.append(f"            {active['fingerprint_groups']}")
-    _emit(data, as_json, "\n".join(lines))
+    emit(data, as_json, "\n".join(lines))
 
 
 @keys_app.command("export-public")
@@ -115,7 +115,7 @@ def keys_export_public(
     from integrity.signing import format_fingerprint
     from nvr.errors import Kind, NvrError
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         if key_id is None:
             row = keys.active_key(s)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nvr.cli import JsonOpt, _emit, _runtime, retention_app
+from nvr.cli.common import JsonOpt, emit, retention_app, runtime
 
 hold_app = typer.Typer(
     no_args_is_help=True,
@@ -65,10 +65,10 @@ def hold_list(
     """Evidence holds, oldest first, with what each covers."""
     from retention import holds
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         views = [holds.view(s, h) for h in holds.list_holds(s, camera_id=camera, state=state)]
-    _emit({"holds": views}, as_json, "\n".join(_line(h) for h in views) or "no holds")
+    emit({"holds": views}, as_json, "\n".join(_line(h) for h in views) or "no holds")
 
 
 @hold_app.command("show")
@@ -76,7 +76,7 @@ def hold_show(hold_id: int, as_json: JsonOpt = False) -> None:
     """One hold: case, reason, window, who placed it, release steps and the exact covered segments."""
     from retention import holds
 
-    rt = _runtime()
+    rt = runtime()
     with rt.db.session() as s:
         h = holds.view(s, holds.get(s, hold_id))
-    _emit(h, as_json, _details(h))
+    emit(h, as_json, _details(h))
