@@ -50,6 +50,14 @@ GRANTABLE_ACTIONS: dict[str, frozenset[str]] = {
 }
 
 
+# Separation of duties: an admin manages the system and its people, and never also decides on, reaches or audits
+# footage, or one admin could grant, approve and cover up alone.
+ADMIN_EXCLUDES = frozenset({"approver", "officer", "auditor"})
+# Roles a second admin must confirm when a user is created with them or given them (api.users): they reach
+# footage, decide on access, read the audit trail, or manage people.
+CONFIRMED_ROLES = frozenset({"admin", "approver", "officer", "auditor"})
+
+
 def parse_roles(text: str) -> tuple[str, ...]:
     return tuple(r for r in text.split(",") if r)
 
@@ -63,7 +71,26 @@ def validate_roles(roles: list[str]) -> str:
             f"roles must be a non-empty subset of {', '.join(ROLES)}"
             + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
         )
+    check_separation(roles)
     return ",".join(r for r in ROLES if r in roles)
+
+
+def separation_conflict(roles: tuple[str, ...] | list[str]) -> str | None:
+    """The roles in ``roles`` that an admin may not hold beside ``admin``, as text; None when there is no conflict."""
+    if "admin" not in roles:
+        return None
+    clash = sorted(ADMIN_EXCLUDES.intersection(roles))
+    return ", ".join(clash) or None
+
+
+def check_separation(roles: tuple[str, ...] | list[str]) -> None:
+    clash = separation_conflict(roles)
+    if clash is not None:
+        raise NvrError(
+            Kind.INVALID_ARGUMENT,
+            "role_conflict",
+            f"an admin cannot also be {clash}: separation of duties needs a second person",
+        )
 
 
 def capabilities(roles: tuple[str, ...]) -> frozenset[str]:

@@ -110,6 +110,61 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Request bodies larger than this are refused with 413 before they are read."""
 
+    # --- abuse resistance (api.throttle, api.denials) ---------------------------------------------------------
+    login_max_failures: int = Field(default=5, ge=1, le=100)
+    """Wrong passwords for one account before it is locked; the lock doubles with each further failure."""
+    login_addr_max_failures: int = Field(default=20, ge=1, le=10_000)
+    """Failed logins from one client address (any accounts) before the address is locked."""
+    login_lock_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    """First lock after the limit; each further failure doubles it, up to ``login_lock_max_seconds``."""
+    login_lock_max_seconds: float = Field(default=3600.0, gt=0, le=30 * 86_400)
+    anonymous_denials_per_minute: int = Field(default=60, ge=1, le=100_000)
+    """Refusals without a valid credential one client address may cause per minute before it gets 429."""
+    denial_bucket_seconds: int = Field(default=60, ge=1, le=3600)
+    """Anonymous refusals are counted per address, code and bucket; each bucket is one audit event."""
+
+    # --- unified identity login (api.oidc) --------------------------------------------------------------------
+    oidc_issuer: str | None = None
+    """The identity provider's issuer URL; unset means local password accounts only."""
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    """Confidential clients only; the browser flow always uses PKCE as well. Never logged."""
+    oidc_redirect_uri: str | None = None
+    """This server's callback, e.g. https://nvr.example/api/v1/auth/oidc/callback."""
+    oidc_audience: str | None = None
+    """The ``aud`` a script's bearer JWT access token must carry (this API's resource identifier)."""
+    oidc_scopes: list[str] = Field(default_factory=lambda: ["openid", "profile"])
+    oidc_username_claim: str = "preferred_username"
+    oidc_name_claim: str = "name"
+    oidc_staff_number_claim: str = "staff_number"
+    oidc_unit_claim: str = "unit"
+    oidc_roles_claim: str = "groups"
+    oidc_role_map: dict[str, str] = Field(default_factory=dict)
+    """Provider group (claim value) -> local role, e.g. {"nvr-officers": "officer"}. Unmapped groups give nothing."""
+    oidc_recheck_seconds: float = Field(default=0.0, ge=0, le=3600)
+    """How long an identity-provider account's liveness check is trusted; 0 checks it on every request."""
+
+    # --- abnormal-use detection (api.alerts) ------------------------------------------------------------------
+    alert_footage_hours_per_hour: float = Field(default=8.0, gt=0, le=100_000)
+    """Hours of footage one user may retrieve (play, export, download) in any hour before an alert."""
+    alert_cameras_per_hour: int = Field(default=20, ge=1, le=100_000)
+    """Distinct cameras one user may reach in any hour before an alert."""
+    alert_denials_per_hour: int = Field(default=10, ge=1, le=100_000)
+    """Refusals of one user's requests in any hour before an alert."""
+    alert_destinations_per_day: int = Field(default=3, ge=1, le=10_000)
+    """Distinct download destinations one user may name in any 24 hours before an alert."""
+    alert_off_hours: str = "22-06"
+    """Local hours (``site_timezone``) outside the working day, as ``start-end``; empty turns the rule off."""
+    alert_unusual_cameras_per_hour: int = Field(default=5, ge=1, le=10_000)
+    """Cameras played in an hour that the user did not touch in the previous ``alert_usual_days`` days."""
+    alert_usual_days: int = Field(default=30, ge=1, le=365)
+    alert_suspend_rules: list[str] = Field(
+        default_factory=lambda: ["footage_volume", "camera_spread", "repeated_denials", "many_destinations"]
+    )
+    """Rules whose alert suspends the user's grants at once, until an approver reviews it."""
+    site_timezone: str = "UTC"
+    """IANA time zone of the site, for off-hours (stored times stay UTC)."""
+
     demo_rtsp_host: str = "127.0.0.1"
     """Where the demo cameras listen; 0.0.0.0 to reach them from outside a container."""
     demo_rtsp_port: int = Field(default=8554, ge=0, le=65535)

@@ -254,9 +254,16 @@ class User(Base):
     roles: Mapped[str] = mapped_column(String(200))
     state: Mapped[str] = mapped_column(String(20))
     password_hash: Mapped[str] = mapped_column(Text)
-    """argon2id, never the password; never leaves the server."""
+    """argon2id, never the password; never leaves the server. Empty for an identity-provider account."""
     created_us: Mapped[int] = mapped_column(BigInteger)
     updated_us: Mapped[int] = mapped_column(BigInteger)
+    auth_source: Mapped[str] = mapped_column(String(20), server_default="local")
+    """``local`` (password, for small sites and break-glass) or ``oidc`` (the unit's identity platform)."""
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    """``iss`` + ``sub`` of the identity-provider account this user is, when ``auth_source`` is ``oidc``."""
+    tokens_valid_after_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Tokens created before this are refused: set when the user is disabled or re-enabled, so re-enabling a user
+    never revives a session or script token issued before."""
 
 
 class Token(Base):
@@ -367,6 +374,9 @@ class PlaybackTicket(Base):
     purpose: Mapped[str] = mapped_column(Text)
     created_us: Mapped[int] = mapped_column(BigInteger)
     expires_us: Mapped[int] = mapped_column(BigInteger)
+    used_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When the ticket was claimed by its one stream (a single conditional UPDATE); a used ticket is refused."""
+    used_addr: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class AuditEvent(Base):
@@ -572,3 +582,71 @@ class IntegrityFinding(Base):
     intact_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     """When an automatic check last found the subject intact again (None while it still fails): a hint for the
     person resolving it, not a resolution."""
+
+
+class UserChange(Base):
+    """A change to a user that needs a second admin (two-person rule): creating a user with, or adding, a role
+    that reaches footage, grants or the audit trail (admin, approver, officer, auditor), or re-enabling a user.
+    ``payload`` is the JSON of the change (a new user's password only as its argon2 hash). ``state``: pending,
+    confirmed, rejected, cancelled. Requester and confirmer are always two different people."""
+
+    __tablename__ = "user_changes"
+    __table_args__ = (Index("ix_user_changes_state", "state"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    """``create``, ``roles`` or ``enable``."""
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    username: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    """The requesting admin; None for a change filed on the command line (``requested_by_name`` says who)."""
+    requested_by_name: Mapped[str] = mapped_column(String(200))
+    requested_us: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20))
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    decided_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class LoginThrottle(Base):
+    """Failed logins per account (``user:<name>``) and per client address (``addr:<ip>``): after
+    ``login_max_failures`` the key is locked for an exponentially growing time; an admin may unlock it."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_us: Mapped[int] = mapped_column(BigInteger)
+    locked_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class DenialTally(Base):
+    """Anonymous and forged-token refusals counted per client address, code and time bucket, so a flood costs one
+    audit event per bucket (written when the bucket is summarised) rather than one per request."""
+
+    __tablename__ = "denial_tally"
+    bucket_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    client_addr: Mapped[str] = mapped_column(String(100), primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    first_us: Mapped[int] = mapped_column(BigInteger)
+    last_us: Mapped[int] = mapped_column(BigInteger)
+    summarised: Mapped[bool] = mapped_column(Boolean, server_default="0")
+
+
+class Alert(Base):
+    """An abnormal-use rule that fired for a user (api.alerts). ``state``: open (awaiting an approver's review),
+    restored (reviewed; the grants it suspended are active again) or upheld (reviewed; they stay suspended).
+    ``suspended_grants`` lists the ids of the grants this alert suspended, comma-separated."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_user_rule_state", "user_id", "rule", "state"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(40))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    state: Mapped[str] = mapped_column(String(20))
+    raised_us: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text)
+    suspended_grants: Mapped[str] = mapped_column(Text, server_default="")
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    reviewed_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    review_note: Mapped[str | None] = mapped_column(Text, nullable=True)
