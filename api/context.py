@@ -11,6 +11,7 @@ from fastapi import Request
 
 from api import audit
 from api.people import Principal, authenticate
+from integrity import trusted_time
 from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
@@ -24,6 +25,12 @@ class Services:
     settings: Settings
     db: Database
     clock: Clock
+
+    def now_us(self) -> int:
+        """The time every access decision of the API is made at (and its audit events stamped with): the wall clock,
+        but never earlier than the trusted bound (integrity.trusted_time), so setting the server clock back cannot
+        revive an expired grant, token, ticket or approval."""
+        return trusted_time.shared(self.db, self.settings, self.clock).access_now_us()
 
 
 @dataclass
@@ -40,7 +47,7 @@ class Ctx:
 
     @property
     def now_us(self) -> int:
-        return self.services.clock.now_us()
+        return self.services.now_us()
 
     @property
     def settings(self) -> Settings:
@@ -114,7 +121,7 @@ def authenticated(request: Request, action: str, capability: str | None = None) 
     if isinstance(camera_id, str):
         hint.setdefault("camera_id", camera_id[:64])
     with svc.db.session() as s:
-        principal = authenticate(s, bearer(request), svc.clock.now_us())
+        principal = authenticate(s, bearer(request), svc.now_us())
     request.state.principal = principal
     if capability is not None and not principal.can(capability):
         raise NvrError(Kind.PERMISSION_DENIED, "role_forbidden", "your roles do not allow this")

@@ -291,6 +291,13 @@ class TrustedClock:
         with self._lock:
             return min(self.clock.now_us(), self.bound_us() + self.tolerance_us)
 
+    def access_now_us(self) -> int:
+        """The time access decisions use (grant validity, token, ticket and approval expiry): ``max(wall, bound)``.
+        A wall clock set back cannot revive an expired grant or session (the bound runs on); a wall clock set ahead
+        only ends access early, the safe direction for access as ``now_us`` is for retention."""
+        with self._lock:
+            return max(self.clock.now_us(), self.bound_us())
+
     def checkpoint_time_us(self) -> int:
         """The time to stamp a new checkpoint with: ``min(wall, bound)``, so a wall clock set ahead never becomes
         witnessed time (not even by the tolerance: that would let repeated stamps creep forward)."""
