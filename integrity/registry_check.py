@@ -118,9 +118,15 @@ def _short(digest: object) -> str:
 
 
 # --- audited digests ---------------------------------------------------------------------------------------------
+_RECENT = 64
+"""Changes of one camera read, newest first by time, to find the newest by sequence number."""
+
 def latest_camera_change(session: Session, camera_id: str) -> Audited | None:
-    """The newest event naming the camera's digest: one backward range of ``ix_audit_camera``."""
-    row = session.execute(
+    """The newest event (by ``seq``) naming the camera's digest: a short backward range of ``ix_audit_camera``.
+
+    Concurrent changes take their time before they wait for the camera's row lock, so ``at_us`` may run slightly out
+    of ``seq`` order; the newest :data:`_RECENT` by time are read and the highest ``seq`` among them wins."""
+    rows = session.execute(
         select(AuditEvent.seq, AuditEvent.action, AuditEvent.reason)
         .where(
             AuditEvent.camera_id == camera_id,
@@ -129,8 +135,9 @@ def latest_camera_change(session: Session, camera_id: str) -> Audited | None:
             AuditEvent.reason.contains(DIGEST_NOTE),
         )
         .order_by(AuditEvent.at_us.desc(), AuditEvent.seq.desc())
-        .limit(1)
-    ).first()
+        .limit(_RECENT)
+    ).all()
+    row = max(rows, key=lambda r: r.seq, default=None)
     digest = digest_in(row.reason) if row is not None else None
     return Audited(int(row.seq), row.action, digest) if row is not None and digest is not None else None
 
