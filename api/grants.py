@@ -4,6 +4,12 @@ A grant names one user, a set of cameras, actions (``live``, ``playback``, ``exp
 or the last N days before each request), a validity of at most 365 days, a purpose, a case reference and a limit of
 concurrent streams. People set its state (active, suspended, revoked; revoked is final); ``expired`` follows from
 the clock. Who may issue one depends on each camera's share class (see :func:`_check_issuer`).
+
+The use cases :func:`issue` (``grant.create``) and :func:`set_state` (``grant.suspend`` / ``grant.resume`` /
+``grant.revoke``) check their rules and write their one audit event in the caller's transaction; :func:`create`
+and :func:`change_state` are their rules without the event, for use cases that audit the step under their own
+name (approving an access request, api.requests). A state change takes the grant's row lock before it reads the
+state it changes, so two changes of one grant take turns: a resume racing a revoke can never revive a revoked grant.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.people import US_PER_DAY, Principal, get_user
 from api.roles import ACTIONS, grantable_actions, parse_roles
+from integrity.audit_log import Event, RequestMeta, record
 from nvr import registry
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
@@ -27,6 +34,8 @@ MAX_CAMERAS = 1000
 GRANT_STATES = ("active", "suspended", "revoked")
 # state -> states a person may move it to
 GRANT_TRANSITIONS = {"active": ("suspended", "revoked"), "suspended": ("active", "revoked"), "revoked": ()}
+# the state a person asks for -> the audit action of that change
+STATE_ACTIONS = {"suspended": "grant.suspend", "active": "grant.resume", "revoked": "grant.revoke"}
 
 
 @dataclass
@@ -136,6 +145,7 @@ def _require_issuer(grantor: Principal) -> None:
 
 
 def create(s: Session, grantor: Principal, spec: GrantSpec, now_us: int) -> Grant:
+    """Every rule of issuing a grant, and the new row; no audit event (see :func:`issue`)."""
     _require_issuer(grantor)
     actions, cameras = validate(spec, now_us)
     grantee = get_user(s, spec.user_id)
@@ -166,12 +176,32 @@ def create(s: Session, grantor: Principal, spec: GrantSpec, now_us: int) -> Gran
     return g
 
 
+def issue(s: Session, grantor: Principal, meta: RequestMeta, spec: GrantSpec, now_us: int) -> Grant:
+    """``POST /grants``: issue a grant under every rule of :func:`create`; one ``grant.create`` event naming the
+    grantee, cameras and actions."""
+    g = create(s, grantor, spec, now_us)
+    ev = Event(
+        "grant.create",
+        "ok",
+        object_id=f"grant:{g.id}",
+        purpose=g.purpose,
+        case_ref=g.case_ref,
+        window_start_us=g.window_start_us,
+        window_end_us=g.window_end_us,
+        reason=f"user:{g.user_id} cameras={','.join(cameras_of(s, g.id))} actions={g.actions}",
+    )
+    record(s, now_us, grantor.actor, meta, ev)
+    return g
+
+
 def cameras_of(s: Session, grant_id: int) -> list[str]:
     return list(s.scalars(select(GrantCamera.camera_id).where(GrantCamera.grant_id == grant_id).order_by("camera_id")))
 
 
-def get_visible(s: Session, p: Principal, grant_id: int) -> Grant:
-    g = s.get(Grant, grant_id)
+def get_visible(s: Session, p: Principal, grant_id: int, *, fresh: bool = False) -> Grant:
+    """The grant if this person may see it (its holder; approvers and admins any): ``grant_not_found`` otherwise,
+    exactly as for a grant that does not exist. ``fresh``: read the row again even if the session holds it."""
+    g = s.get(Grant, grant_id, populate_existing=fresh) if 0 < grant_id < 2**62 else None
     if g is None or (g.user_id != p.user_id and not p.can("grants.oversee")):
         raise _fail(Kind.NOT_FOUND, "grant_not_found", f"no grant {grant_id}")
     return g
@@ -203,6 +233,21 @@ def change_state(s: Session, p: Principal, g: Grant, to_state: str, reason: str 
     g.state_reason = reason
     g.updated_us = now_us
     s.flush()
+    return g
+
+
+def set_state(
+    s: Session, p: Principal, meta: RequestMeta, grant_id: int, to_state: str, reason: str | None, now_us: int
+) -> Grant:
+    """``POST /grants/{id}/suspend|resume|revoke``: the grant's row lock first, then the grant as it is now (a
+    grant this person may not see is ``grant_not_found``), every rule of :func:`change_state`, and one
+    ``grant.suspend`` / ``grant.resume`` / ``grant.revoke`` event with the reason given."""
+    if to_state not in STATE_ACTIONS:
+        raise _fail(Kind.INVALID_ARGUMENT, "grant_state_invalid", f"a grant can become {', '.join(STATE_ACTIONS)}")
+    if 0 < grant_id < 2**62:
+        lock(s, grant_id)
+    g = change_state(s, p, get_visible(s, p, grant_id, fresh=True), to_state, reason, now_us)
+    record(s, now_us, p.actor, meta, Event(STATE_ACTIONS[to_state], "ok", object_id=f"grant:{g.id}", reason=reason))
     return g
 
 

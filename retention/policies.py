@@ -140,10 +140,49 @@ def cameras_of(s: Session, policy_id: int) -> list[str]:
     return list(s.scalars(_cameras_query(policy_id).order_by(Camera.id)))
 
 
+def locked_camera(s: Session, camera_id: str) -> Camera:
+    """The camera's row, read afresh and locked for the rest of the transaction (``camera_not_found`` if none), for
+    an audited change of its record (here and in api.cameras): two changes of one camera then take turns, so each
+    event names the digest of the record its own change left, never one computed from a stale copy.
+
+    PostgreSQL: ``SELECT … FOR NO KEY UPDATE`` (rows that merely reference the camera are not held up). SQLite has
+    no row locks and its driver opens a transaction only at the first write: a no-op write takes the database's
+    write lock first, so what is read next cannot change before commit."""
+    registry.validate_id(camera_id)
+    q = select(Camera).where(Camera.id == camera_id).execution_options(populate_existing=True)
+    if s.get_bind().dialect.name == "sqlite":
+        s.execute(
+            sql_update(Camera).where(Camera.id == camera_id).values(updated_us=Camera.updated_us),
+            execution_options={"synchronize_session": False},
+        )
+    else:
+        q = q.with_for_update(key_share=True)
+    cam = s.scalar(q)
+    if cam is None:
+        raise NvrError(Kind.NOT_FOUND, "camera_not_found", f"no camera {camera_id!r}")
+    return cam
+
+
 def policy_of(s: Session, camera_id: str) -> RetentionPolicy:
     return s.scalars(
         select(RetentionPolicy).join(Camera, Camera.policy_id == RetentionPolicy.id).where(Camera.id == camera_id)
     ).one()
+
+
+def read_all(s: Session, actor: Actor, meta: RequestMeta, now_us: int, floor_days: int) -> list[dict[str, Any]]:
+    """``GET /retention/policies``: every policy as shown (:func:`view`), and one ``retention.policy.list`` event
+    naming how many."""
+    found = [view(s, p, floor_days) for p in list_policies(s)]
+    record(s, now_us, actor, meta, Event("retention.policy.list", "allowed", reason=f"{len(found)} policy(ies)"))
+    return found
+
+
+def read(s: Session, actor: Actor, meta: RequestMeta, now_us: int, floor_days: int, name: str) -> dict[str, Any]:
+    """``GET /retention/policies/{name}``: the policy as shown (``policy_not_found``), and one
+    ``retention.policy.read`` event."""
+    found = view(s, get(s, name), floor_days)
+    record(s, now_us, actor, meta, Event("retention.policy.read", "allowed", object_id=f"policy:{name}"))
+    return found
 
 
 def view(s: Session, p: RetentionPolicy, floor_days: int) -> dict[str, Any]:
@@ -322,7 +361,7 @@ def set_default(s: Session, ch: Change, name: str) -> RetentionPolicy:
 
 def assign(s: Session, ch: Change, camera_id: str, name: str) -> Saved:
     """Put a camera on a policy. A policy keeping footage longer extends the camera's existing segments."""
-    cam = registry.get(s, camera_id)
+    cam = locked_camera(s, camera_id)
     flag_if_edited(s, cam, ch.now_us)
     p = get(s, name)
     old = policy_of(s, camera_id)

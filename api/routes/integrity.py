@@ -4,13 +4,22 @@ alarm (admins and auditors)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 from pydantic import Field
 
 from api import audit
 from api.context import Ctx, requires
+from api.routes.models import (
+    CheckpointChain,
+    CheckpointEntry,
+    FindingList,
+    FindingResolved,
+    FindingView,
+    KeyList,
+    KeyView,
+)
 from api.routes.schemas import Body
 from integrity import keys
 from integrity.findings import view as findings_view
@@ -21,35 +30,37 @@ router = APIRouter(tags=["integrity"])
 
 
 @router.get("/keys")
-def list_keys(ctx: Annotated[Ctx, Depends(requires("keys.list"))]) -> dict[str, Any]:
+def list_keys(ctx: Annotated[Ctx, Depends(requires("keys.list"))]) -> KeyList:
     """Every signing key the server has used, oldest first, with its public key (PEM) and fingerprint."""
     with ctx.db.session() as s:
-        return {
-            "keys": [
-                {
-                    "key_id": k.key_id,
-                    "suite": k.suite,
-                    "fingerprint": k.fingerprint,
-                    "public_key_pem": k.public_key_pem,
-                    "created": iso(k.created_us),
-                    "retired": iso(k.retired_us),
-                    "active": k.retired_us is None,
-                }
+        return KeyList(
+            keys=[
+                KeyView.model_validate(
+                    {
+                        "key_id": k.key_id,
+                        "suite": k.suite,
+                        "fingerprint": k.fingerprint,
+                        "public_key_pem": k.public_key_pem,
+                        "created": iso(k.created_us),
+                        "retired": iso(k.retired_us),
+                        "active": k.retired_us is None,
+                    }
+                )
                 for k in keys.public_keys(s)
             ]
-        }
+        )
 
 
 @router.get("/integrity/findings")
 def findings(
     ctx: Annotated[Ctx, Depends(requires("integrity.findings", "integrity.read"))],
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
+) -> FindingList:
     """Unresolved problems the scrubber or ``nvr verify --record`` found: kind, camera, seq, footage time."""
     with ctx.db.session() as s:
         rows = open_findings(s)[:limit]
         ctx.record(s, audit.Event("integrity.findings", "allowed", reason=f"{len(rows)} open finding(s)"))
-        return {"findings": [findings_view(f) for f in rows]}
+        return FindingList(findings=[FindingView(**findings_view(f)) for f in rows])
 
 
 @router.get("/checkpoints")
@@ -57,7 +68,7 @@ def checkpoint_chain(
     ctx: Annotated[Ctx, Depends(requires("checkpoints.read", "integrity.read"))],
     after_seq: Annotated[int, Query(ge=0, description="Only checkpoints after this seq (for incremental copies).")] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
+) -> CheckpointChain:
     """The signed checkpoint chain, oldest first, each with its exact body and signature, and the pinned key log
     (every key's record, countersigned at each rotation): a witness copy an auditor keeps and later hands to
     ``nvr verify --against FILE``. Page with ``after_seq`` (the last ``seq`` received); ``more`` says whether to."""
@@ -85,11 +96,11 @@ def checkpoint_chain(
                 reason=f"{len(rows)} checkpoint(s) after seq {after_seq}",
             ),
         )
-        return {
-            "key_log": keylog.read_lines(ctx.services.settings.keys_dir),
-            "checkpoints": [witness.entry(r) for r in rows],
-            "more": more,
-        }
+        return CheckpointChain(
+            key_log=keylog.read_lines(ctx.services.settings.keys_dir),
+            checkpoints=[CheckpointEntry(**witness.entry(r)) for r in rows],
+            more=more,
+        )
 
 
 class ResolveBody(Body):
@@ -101,18 +112,18 @@ def resolve_finding(
     ctx: Annotated[Ctx, Depends(requires("integrity.finding.resolve", "integrity.resolve"))],
     finding_id: Annotated[int, Path(ge=1)],
     body: ResolveBody,
-) -> dict[str, Any]:
+) -> FindingResolved:
     """Resolve one open finding with a note (auditors). Automatic checks never resolve findings; this is the only
     way the ``integrity_mismatch`` alarm ends, and it is audited (``integrity.finding.resolve``)."""
     from integrity import findings
 
     with ctx.db.session() as s:
         f = findings.resolve(s, finding_id, body.note, actor=ctx.actor, meta=ctx.meta, now_us=ctx.now_us)
-        return {
-            "id": f.id,
-            "kind": f.kind,
-            "subject": f.subject,
-            "resolved": iso(f.resolved_us),
-            "resolved_by": f.resolved_by,
-            "note": f.resolution_note,
-        }
+        return FindingResolved(
+            id=f.id,
+            kind=f.kind,
+            subject=f.subject,
+            resolved=iso(f.resolved_us),
+            resolved_by=f.resolved_by,
+            note=f.resolution_note,
+        )

@@ -1,7 +1,8 @@
 """Retention policies over HTTP: admins (``retention.manage``) change them and assign cameras; admins, approvers
 and auditors (``retention.read``) read them. The rules live in :mod:`retention.policies` (the CLI calls the same
 functions); every change is one audit event written there, naming the changed record's digest, every read one
-here, and every refusal one through the error handler.
+written there too (:func:`retention.policies.read_all`, :func:`retention.policies.read`), and every refusal one
+through the error handler.
 
 A change that makes the capacity forecast worse for any camera answers 409 ``capacity_insufficient`` naming the
 cameras, unless the body says ``"acknowledge_capacity_warning": true``: then it is saved, the answer lists the
@@ -13,11 +14,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.orm import Session
 
-from api import audit
 from api.context import Ctx, requires
+from api.routes.models import CameraPolicy, PolicyList, PolicySaved, PolicyView, WarningView
 from api.routes.schemas import Body
 from nvr.models import RetentionPolicy
 from retention import policies
@@ -52,42 +53,6 @@ class AssignBody(Body):
     acknowledge_capacity_warning: Acknowledge = False
 
 
-class WarningView(BaseModel):
-    code: str
-    camera: str
-    needs_days: int
-    holds_days: float
-    volume: str
-
-
-class PolicyView(BaseModel):
-    name: str
-    min_days: int
-    effective_min_days: int = Field(description="What segments finished now get: min_days, or the floor if higher.")
-    max_days: int | None
-    is_default: bool
-    description: str | None
-    cameras: list[str]
-    created: str
-    updated: str
-
-
-class PolicyList(BaseModel):
-    policies: list[PolicyView]
-
-
-class PolicySaved(PolicyView):
-    extended_segments: int = Field(description="Existing segments whose retain_until this change moved later.")
-    capacity_warnings: list[WarningView]
-
-
-class CameraPolicy(BaseModel):
-    camera: str
-    policy: PolicyView
-    extended_segments: int
-    capacity_warnings: list[WarningView]
-
-
 def warnings_view(found: list[CapacityWarning]) -> list[WarningView]:
     return [WarningView(**w.as_dict()) for w in found]
 
@@ -110,10 +75,11 @@ def _saved(ctx: Ctx, s: Session, saved: policies.Saved) -> PolicySaved:
 
 @router.get("/retention/policies")
 def list_policies(ctx: Annotated[Ctx, Depends(requires("retention.policy.list", "retention.read"))]) -> PolicyList:
+    floor = ctx.settings.retention_floor_days
     with ctx.db.session() as s:
-        out = [_view(ctx, s, p) for p in policies.list_policies(s)]
-        ctx.record(s, audit.Event("retention.policy.list", "allowed", reason=f"{len(out)} policy(ies)"))
-    return PolicyList(policies=out)
+        return PolicyList(
+            policies=[PolicyView(**v) for v in policies.read_all(s, ctx.actor, ctx.meta, ctx.now_us, floor)]
+        )
 
 
 @router.get("/retention/policies/{name}")
@@ -121,10 +87,9 @@ def get_policy(
     name: str, ctx: Annotated[Ctx, Depends(requires("retention.policy.read", "retention.read"))]
 ) -> PolicyView:
     ctx.hint(object_id=f"policy:{name[:64]}")
+    floor = ctx.settings.retention_floor_days
     with ctx.db.session() as s:
-        out = _view(ctx, s, policies.get(s, name))
-        ctx.record(s, audit.Event("retention.policy.read", "allowed", object_id=f"policy:{name}"))
-    return out
+        return PolicyView(**policies.read(s, ctx.actor, ctx.meta, ctx.now_us, floor, name))
 
 
 @router.post("/retention/policies", status_code=201)

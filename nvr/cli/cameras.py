@@ -198,22 +198,16 @@ def camera_update(
     from api import cameras
     from nvr import registry
     from nvr.cli.policies import cli_change, confirmed, warning_lines
-    from retention import policies
 
     fields = _fields(name, url, unit, address, lat, lon, notes, share_class)
     rt = runtime()
 
     def run(acknowledge: bool) -> tuple[dict[str, Any], list[Any]]:
         with rt.db.session() as s:
-            warnings = []
-            ch = cli_change(rt, acknowledge)
-            if policy is None or any(v is not None for v in fields.__dict__.values()):
-                cameras.update_camera(s, ch, camera_id, fields)
-            if policy is not None:
-                warnings = policies.assign(s, ch, camera_id, policy).warnings
-            view = registry.public_view(registry.get(s, camera_id))
-            view["policy"] = policies.policy_of(s, camera_id).name
-            return view, warnings
+            edited = cameras.edit_camera(s, cli_change(rt, acknowledge), camera_id, fields, policy=policy)
+            view = registry.public_view(edited.camera)
+            view["policy"] = edited.policy.name
+            return view, edited.warnings
 
     view, warnings = confirmed(run, yes)
     emit(view, as_json, f"camera {camera_id} updated" + warning_lines(warnings))

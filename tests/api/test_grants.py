@@ -125,3 +125,55 @@ def test_suspend_resume_revoke_and_who_may(units) -> None:
     with units.client("off-b") as stranger:
         r = stranger.get(f"/api/v1/grants/{gid}")
         assert (r.status_code, r.json()["error"]["code"]) == (404, "grant_not_found")
+
+
+def test_parallel_state_changes_of_one_grant_take_turns(units) -> None:
+    """20 revocations of one grant at once: exactly one succeeds (revoked is final), 19 find it revoked, and the
+    audit trail has one revocation. Then resumes, suspensions and revocations at once of a suspended grant: the
+    audited changes, in order, are steps the grant's lifecycle allows, one revocation ends them, and every answered
+    success is one of them (a resume never revives a revoked grant)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from sqlalchemy import select
+
+    from nvr.models import AuditEvent
+
+    def race(gid: int, actions: list[str]) -> list[tuple[str, int, str]]:
+        gate = Barrier(len(actions))
+
+        def one(action: str) -> tuple[str, int, str]:
+            with units.client("appr-a") as c:
+                gate.wait()
+                r = c.post(f"/api/v1/grants/{gid}/{action}")
+            return action, r.status_code, r.json()["state"] if r.status_code == 200 else r.json()["error"]["code"]
+
+        with ThreadPoolExecutor(len(actions)) as pool:
+            return list(pool.map(one, actions))
+
+    def audited(gid: int) -> list[str]:
+        with units.rt.db.session() as s:
+            q = select(AuditEvent.action).where(AuditEvent.outcome == "ok", AuditEvent.object_id == f"grant:{gid}")
+            return list(s.scalars(q.order_by(AuditEvent.seq)))
+
+    gid = _try(units, "appr-a", "off-a", ["auth-cam"])[1]["id"]
+    out = race(gid, ["revoke"] * 20)
+    assert out.count(("revoke", 200, "revoked")) == 1
+    assert out.count(("revoke", 409, "grant_state_invalid")) == 19
+    assert audited(gid) == ["grant.create", "grant.revoke"]
+
+    gid = _try(units, "appr-a", "off-a", ["auth-cam"])[1]["id"]
+    with units.client("appr-a") as c:
+        assert c.post(f"/api/v1/grants/{gid}/suspend").status_code == 200
+    out = race(gid, ["resume", "suspend"] * 9 + ["revoke", "revoke"])
+    steps = audited(gid)
+    state = "suspended"
+    goes_to = {"grant.resume": "active", "grant.suspend": "suspended", "grant.revoke": "revoked"}
+    allowed = {"active": {"suspended", "revoked"}, "suspended": {"active", "revoked"}, "revoked": set()}
+    for step in steps[2:]:
+        assert goes_to[step] in allowed[state], (state, step, steps)
+        state = goes_to[step]
+    assert state == "revoked" and steps.count("grant.revoke") == 1
+    assert sorted(f"grant.{a}" for a, status, _ in out if status == 200) == sorted(steps[2:])
+    with units.client("off-a") as c:
+        assert c.get(f"/api/v1/grants/{gid}").json()["state"] == "revoked"

@@ -78,3 +78,49 @@ def test_reject_and_withdraw(api) -> None:
     with api.client("off") as c:
         assert c.post(f"/api/v1/access-requests/{second}/withdraw").json()["state"] == "withdrawn"
         assert [x["state"] for x in c.get("/api/v1/access-requests").json()["requests"]] == ["rejected", "withdrawn"]
+
+
+def test_parallel_approvals_issue_one_grant(api) -> None:
+    """20 approvals of one request at once (two approvers of the unit): exactly one issues a grant, 19 find the
+    request decided; one grant exists and one approval is audited. A withdrawal racing them loses or wins whole."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from sqlalchemy import func, select
+
+    from nvr.models import AuditEvent, Grant
+
+    api.camera("cam-a", unit="Unit A")
+    api.user("off", ["officer"], unit="Unit A")
+    api.user("appr-1", ["approver"], unit="Unit A")
+    api.user("appr-2", ["approver"], unit="Unit A")
+    rid = _ask(api, "off", ["cam-a"]).json()["id"]
+    who = ["appr-1", "appr-2"] * 10 + ["off"]
+    gate = Barrier(len(who))
+
+    def one(user: str) -> tuple[str, int, str]:
+        step = "withdraw" if user == "off" else "approve"
+        with api.client(user) as c:
+            gate.wait()
+            r = c.post(f"/api/v1/access-requests/{rid}/{step}")
+        return step, r.status_code, "" if r.status_code == 200 else r.json()["error"]["code"]
+
+    with ThreadPoolExecutor(len(who)) as pool:
+        out = list(pool.map(one, who))
+    won = [step for step, status, _ in out if status == 200]
+    assert len(won) == 1, out
+    assert [code for _, status, code in out if status != 200] == ["request_state_invalid"] * 20
+    with api.rt.db.session() as s:
+        grants = s.scalar(select(func.count()).select_from(Grant).where(Grant.user_id == api.ids["off"]))
+        decisions = s.scalar(
+            select(func.count()).where(
+                AuditEvent.object_id == f"request:{rid}",
+                AuditEvent.outcome == "ok",
+                AuditEvent.action.in_(("request.approve", "request.withdraw")),
+            )
+        )
+    assert (grants, decisions) == ((1, 1) if won == ["approve"] else (0, 1))
+    with api.client("off") as c:
+        assert c.get(f"/api/v1/access-requests/{rid}").json()["state"] == (
+            "approved" if won == ["approve"] else "withdrawn"
+        )

@@ -377,3 +377,50 @@ def test_a_policy_edited_by_hand_is_caught_by_its_next_audited_change(runtime: R
     with rt.db.session() as s:
         (f,) = open_findings(s)
         assert (f.kind, f.subject, f.source) == ("registry_mismatch", f"policy {pid}", "registry")
+
+
+def test_parallel_api_changes_of_one_camera_each_name_the_digest_they_left(runtime: Runtime, admin_api) -> None:
+    """20 changes of different fields of one camera at once, then 20 decommissions at once: the changes take turns,
+    so the last event (in audit order) names the digest of the record as it is, never one computed from a stale
+    copy, and exactly one decommission happens (one history row, one event; 19 answers 409)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from nvr.models import CameraStateChange
+
+    rt = runtime
+    body = {"id": "cam-1", "name": "N", "stream_url": "rtsp://u:p@10.0.0.1/s", "managing_unit": "Unit A"}
+    assert admin_api.post("/cameras", json=body).status_code == 201
+
+    def race(calls: list[tuple[str, str, dict[str, Any]]]) -> list[httpx.Response]:
+        gate = Barrier(len(calls))
+
+        def one(call: tuple[str, str, dict[str, Any]]) -> httpx.Response:
+            with httpx.Client(base_url=admin_api.base_url, headers=admin_api.headers, timeout=30) as c:
+                gate.wait()
+                return c.request(call[0], call[1], json=call[2])
+
+        with ThreadPoolExecutor(len(calls)) as pool:
+            return list(pool.map(one, calls))
+
+    before = _head(rt)
+    edits = [
+        ("PATCH", "/cameras/cam-1", {"name": f"N{i}"} if i % 2 else {"address": f"{i} Gate Rd"}) for i in range(20)
+    ]
+    assert [r.status_code for r in race(edits)] == [200] * 20
+    events = _events_after(rt, before)
+    assert [e.action for e in events] == ["camera.update"] * 20
+    assert digest_in(events[-1].reason) == _camera(rt, "cam-1")
+
+    answers = race([("POST", "/cameras/cam-1/state", {"state": "decommissioned"})] * 20)
+    assert sorted(r.status_code for r in answers) == [200] + [409] * 19
+    assert {r.json()["error"]["code"] for r in answers if r.status_code == 409} == {"camera_state_invalid"}
+    with rt.db.session() as s:
+        rows = s.scalar(
+            select(func.count()).where(
+                CameraStateChange.camera_id == "cam-1", CameraStateChange.to_state == "decommissioned"
+            )
+        )
+    assert rows == 1
+    done = [e for e in _events_after(rt, before)[20:] if e.action == "camera.state" and e.outcome == "ok"]
+    assert len(done) == 1 and digest_in(done[0].reason) == _camera(rt, "cam-1")
