@@ -56,7 +56,7 @@ def resolve(
         )
     if len(text) > NOTE_MAX:
         raise NvrError(Kind.INVALID_ARGUMENT, "note_invalid", f"the note is longer than {NOTE_MAX} characters")
-    f = session.get(IntegrityFinding, finding_id)
+    f = session.get(IntegrityFinding, finding_id) if 0 < finding_id < 2**62 else None  # beyond BIGINT: none
     if f is None:
         raise NvrError(Kind.NOT_FOUND, "finding_not_found", f"no integrity finding {finding_id}")
     who = actor.name or (f"user:{actor.id}" if actor.id is not None else "unknown")

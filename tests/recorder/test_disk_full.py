@@ -146,7 +146,7 @@ def test_full_volume_of_protected_footage_stops_recording_and_deletes_nothing_pr
             lambda: _state(rt, "cam1")[0] == "error", 40, "the recorder to stop on a volume full of protected footage"
         )
         assert _state(rt, "cam1")[1].startswith("storage_full")
-        _, token = make_user(rt, rt.clock, "ops", ["operator"])
+        _, token = make_user(rt, rt.clock, "ops", ["admin"])  # sees every camera's series (operators: granted ones)
         with running_api(rt, rt.clock) as url, httpx.Client(base_url=url, timeout=30) as c:
             assert c.get("/api/v1/health").json() == {"status": "degraded", "alarms": ["storage_full"]}
             detail = c.get("/api/v1/system/health", headers={"Authorization": f"Bearer {token}"}).json()
