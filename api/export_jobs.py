@@ -19,6 +19,12 @@ Progress (bytes done of bytes total) is written to the job row about once a seco
 within a second. A ``running`` job whose heartbeat is older than :data:`STALE_US` belonged to a process that died: it
 is marked failed (``export_interrupted``) and its partial files are removed. Bundles past their lifetime are
 deleted (``export.bundle.delete``) and their job becomes ``deleted``.
+
+The people's steps are service functions here too: :func:`start_job`, :func:`cancel_job` and
+:func:`count_download`, each enforcing its rule (party, viewer cap, state) and writing its audit event in its own
+transaction. Every change of a job's state is one conditional UPDATE (``WHERE state = <the state it leaves>``,
+rowcount checked), so runners of several processes, a cancel and the expiry never act twice on one job; the download
+quota is ``downloads = downloads + 1 WHERE downloads < max``. See docs/design/concurrency.md.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from api import audit, exports
+from api import alerts, audit, exports
 from api.context import Services
 from api.footage import TOUCH_US
 from api.people import Principal, user_actor
@@ -58,7 +65,182 @@ _ROW_FIELDS = (*chain.LINKED_FIELDS, "prev_link", "link")
 
 
 def bundle_path(services: Services, job: ExportJob) -> Path | None:
-    return None if job.bundle_name is None else services.settings.exports_dir / job.bundle_name
+    return _bundle_file(services.settings, job)
+
+
+def _bundle_file(settings: Settings, job: ExportJob) -> Path | None:
+    return None if job.bundle_name is None else settings.exports_dir / job.bundle_name
+
+
+def _move(s: Session, job_id: int, from_states: tuple[str, ...], **values: Any) -> bool:
+    """Move a job out of one of ``from_states``: one conditional UPDATE; False when it was not in them any more (a
+    cancel, another runner or the expiry got there first)."""
+    done = s.execute(
+        update(ExportJob).where(ExportJob.id == job_id, ExportJob.state.in_(from_states)).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    return cast(CursorResult[Any], done).rowcount == 1
+
+
+def _reload(s: Session, job_id: int) -> ExportJob:
+    job = s.scalar(select(ExportJob).where(ExportJob.id == job_id).execution_options(populate_existing=True))
+    assert job is not None
+    return job
+
+
+# --- the people's steps -------------------------------------------------------------------------------------
+def _require_party(p: Principal, r: ExportRequest, what: str) -> None:
+    if p.user_id not in (r.requester_id, r.cosigner_id):
+        raise NvrError(
+            Kind.PERMISSION_DENIED, "export_not_party", f"only the requester and the co-signer may {what} this export"
+        )
+
+
+def start_job(s: Session, p: Principal, meta: audit.RequestMeta, request_id: int, now_us: int) -> ExportJob:
+    """Queue the job making the bundle of an approved request (requester or co-signer; ``export.job.start``).
+
+    At most one job per request is queued, running or done: the request's row lock (api.exports) makes parallel
+    starts take turns, and each looks for an existing job only once it holds the lock."""
+    r = exports.get_visible(s, p, request_id)
+    _require_party(p, r, "start")
+    exports.require_may_copy(p, "start an export job")
+    r = exports.locked_request(s, r.id)
+    state = exports.effective_state(r, now_us, exports.has_bundle(s, r.id))
+    if state == "expired":
+        raise NvrError(
+            Kind.FAILED_PRECONDITION, "export_request_expired", f"the approval of request {r.id} has expired"
+        )
+    if state != "approved":
+        raise NvrError(Kind.FAILED_PRECONDITION, "export_state_invalid", f"export request {r.id} is {state}")
+    if exports.active_job(s, r.id) is not None:
+        raise NvrError(Kind.CONFLICT, "export_job_exists", f"request {r.id} already has a bundle or one is running")
+    job = ExportJob(
+        request_id=r.id,
+        state="queued",
+        started_by=p.user_id,
+        created_us=now_us,
+        cancel_requested=False,
+        bytes_total=0,
+        bytes_done=0,
+        downloads=0,
+    )
+    s.add(job)
+    s.flush()
+    audit.record(s, now_us, p.actor, meta, exports.event(r, "export.job.start", f"job {job.id}; cameras={r.cameras}"))
+    return job
+
+
+def cancel_job(s: Session, p: Principal, meta: audit.RequestMeta, request_id: int, now_us: int) -> ExportJob:
+    """Cancel a queued job at once, or ask a running one to stop (requester or co-signer; ``export.job.cancel``).
+    The runner's claim (queued → running) and this cancel (queued → cancelled) are both conditional: one wins."""
+    r = exports.get_visible(s, p, request_id)
+    _require_party(p, r, "cancel")
+    r = exports.locked_request(s, r.id)
+    job = exports.latest_job(s, r.id)
+    if job is None or not (
+        _move(s, job.id, ("queued",), state="cancelled", finished_us=now_us, cancel_requested=True)
+        or _move(s, job.id, ("running",), cancel_requested=True)
+    ):
+        raise NvrError(Kind.FAILED_PRECONDITION, "export_job_not_running", "no export job is running")
+    job = _reload(s, job.id)
+    audit.record(s, now_us, p.actor, meta, exports.event(r, "export.job.cancel", f"job {job.id}"))
+    return job
+
+
+@dataclass
+class Download:
+    """One counted download: the bundle file is open already (its lifetime may end while it is sent; the open file
+    still holds the counted bytes), ``number`` is this download's place in the quota."""
+
+    request: ExportRequest
+    job: ExportJob
+    file: IO[bytes]
+    size: int
+    number: int
+    filename: str
+
+
+def count_download(
+    s: Session,
+    p: Principal,
+    meta: audit.RequestMeta,
+    settings: Settings,
+    request_id: int,
+    destination: str,
+    now_us: int,
+) -> Download:
+    """Hand out one copy of the bundle (requester or co-signer, at most ``export_max_downloads`` times in all, until
+    it expires), declaring where the copy goes: ``export.download`` per camera with the destination.
+
+    The quota is one conditional UPDATE (``downloads = downloads + 1 WHERE downloads < max``, rowcount checked), so
+    parallel downloads cannot pass it together; the number in the audit reason is the one this UPDATE wrote."""
+    destination = destination.strip()
+    if not destination or len(destination) > 2000:
+        raise NvrError(Kind.INVALID_ARGUMENT, "destination_invalid", "destination must be 1 to 2000 characters")
+    r = exports.get_visible(s, p, request_id)
+    _require_party(p, r, "download")
+    exports.require_may_copy(p, "download an export bundle")
+    job = s.scalar(
+        select(ExportJob)
+        .where(ExportJob.request_id == r.id, ExportJob.state.in_(("done", "deleted")))
+        .order_by(ExportJob.id.desc())
+        .limit(1)
+    )
+    if job is None:
+        raise NvrError(Kind.FAILED_PRECONDITION, "bundle_not_ready", "no bundle has been made for this request")
+    limit = settings.export_max_downloads
+    counted = s.execute(
+        update(ExportJob)
+        .where(
+            ExportJob.id == job.id,
+            ExportJob.state == "done",
+            ExportJob.downloads < limit,
+            or_(ExportJob.expires_us.is_(None), ExportJob.expires_us > now_us),
+        )
+        .values(downloads=ExportJob.downloads + 1)
+        .returning(ExportJob.downloads),
+        execution_options={"synchronize_session": False},
+    ).first()
+    job = _reload(s, job.id)
+    if counted is None:
+        if job.state != "done" or (job.expires_us is not None and now_us >= job.expires_us):
+            raise NvrError(Kind.GONE, "bundle_expired", "the bundle's lifetime has ended and it is deleted")
+        raise NvrError(
+            Kind.RESOURCE_EXHAUSTED,
+            "download_limit_reached",
+            f"the bundle has been downloaded {job.downloads} time(s), the most allowed",
+        )
+    number = int(counted[0])
+    path = _bundle_file(settings, job)
+    try:
+        if path is None:
+            raise FileNotFoundError
+        f = path.open("rb")
+    except OSError:
+        raise NvrError(Kind.DATA_LOSS, "bundle_missing", "the bundle file is missing on the server") from None
+    try:
+        size = path.stat().st_size
+        for camera_id in exports.cameras_of(r):
+            alerts.record(  # a retrieval: judged by the abnormal-use rules (api.alerts) in this transaction
+                s,
+                settings,
+                now_us,
+                p.actor,
+                meta,
+                exports.event(
+                    r,
+                    "export.download",
+                    f"job {job.id}; download {number} of {limit}; bundle sha256 {job.bundle_sha256}",
+                    camera_id=camera_id,
+                    destination=destination,
+                    bytes=job.bundle_bytes,
+                ),
+            )
+    except BaseException:
+        f.close()
+        raise
+    name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"export-{r.id}-{r.case_ref}.zip")
+    return Download(r, job, f, size, number, name)
 
 
 class ExportRunner(BackgroundLoop):
@@ -90,23 +272,20 @@ class ExportRunner(BackgroundLoop):
 
     # --- claiming and housekeeping --------------------------------------------------------------------------
     def _claim(self) -> int | None:
+        """The oldest queued job, now ``running`` and this runner's: ``queued`` → ``running`` is one conditional
+        UPDATE, so of several runners (one per API process) exactly one wins each job; a loser tries the next."""
         svc = self.services
         now = svc.clock.now_us()
-        with svc.db.session() as s:
-            candidate = s.scalar(
-                select(ExportJob.id).where(ExportJob.state == "queued").order_by(ExportJob.id).limit(1)
-            )
-            if candidate is None:
-                return None
-            claimed = cast(
-                CursorResult[Any],
-                s.execute(
-                    update(ExportJob)
-                    .where(ExportJob.id == candidate, ExportJob.state == "queued")
-                    .values(state="running", started_us=now, heartbeat_us=now)
-                ),
-            ).rowcount
-        return int(candidate) if claimed == 1 else None
+        for _ in range(5):
+            with svc.db.session() as s:
+                candidate = s.scalar(
+                    select(ExportJob.id).where(ExportJob.state == "queued").order_by(ExportJob.id).limit(1)
+                )
+                if candidate is None:
+                    return None
+                if _move(s, int(candidate), ("queued",), state="running", started_us=now, heartbeat_us=now):
+                    return int(candidate)
+        return None
 
     def fail_stale(self) -> None:
         svc = self.services
@@ -114,10 +293,15 @@ class ExportRunner(BackgroundLoop):
         with svc.db.session() as s:
             stale = list(
                 s.scalars(
-                    select(ExportJob).where(ExportJob.state == "running", ExportJob.heartbeat_us < now - STALE_US)
+                    select(ExportJob.id).where(ExportJob.state == "running", ExportJob.heartbeat_us < now - STALE_US)
                 )
             )
-            for job in stale:
+        for job_id in stale:
+            with svc.db.session() as s:
+                # Conditional: the job may have finished, or another runner may have failed it, since the query.
+                if not _move(s, job_id, ("running",), state="failed", finished_us=now):
+                    continue
+                job = _reload(s, job_id)
                 self._cleanup_files(job.id)
                 _unpin_job(s, job.id)
                 self._finish(
@@ -136,12 +320,15 @@ class ExportRunner(BackgroundLoop):
             return
         now = trusted.now_us()
         with svc.db.session() as s:
-            due = list(s.scalars(select(ExportJob).where(ExportJob.state == "done", ExportJob.expires_us <= now)))
-            for job in due:
+            due = list(s.scalars(select(ExportJob.id).where(ExportJob.state == "done", ExportJob.expires_us <= now)))
+        for job_id in due:
+            with svc.db.session() as s:
+                if not _move(s, job_id, ("done",), state="deleted", deleted_us=now):
+                    continue  # another runner deleted it first
+                job = _reload(s, job_id)
                 path = bundle_path(svc, job)
                 if path is not None:
                     path.unlink(missing_ok=True)
-                job.state, job.deleted_us = "deleted", now
                 r = s.get(ExportRequest, job.request_id)
                 assert r is not None
                 audit.record(
@@ -166,40 +353,44 @@ class ExportRunner(BackgroundLoop):
 
     # --- one job --------------------------------------------------------------------------------------------
     def run_job(self, job_id: int) -> None:
+        """Make the bundle of a job this runner claimed. Each outcome is written only while the job is still
+        ``running`` (conditional): a job another runner already failed as stale (a long pause) is left as it is,
+        and a bundle made meanwhile is removed, never published."""
         svc = self.services
         progress = _Progress(svc, job_id)
         try:
             result, per_camera = self._make_bundle(job_id, progress)
         except NvrError as exc:
-            self._cleanup_files(job_id)
-            with svc.db.session() as s:
-                _unpin_job(s, job_id)
-                job = s.get(ExportJob, job_id)
-                assert job is not None
-                state = "cancelled" if exc.code == "export_cancelled" else "failed"
-                self._finish(s, job, state, exc.code, exc.message)
+            state = "cancelled" if exc.code == "export_cancelled" else "failed"
+            self._end(job_id, state, exc.code, exc.message)
             return
         except Exception as exc:
             log.exception("export job %d failed", job_id)
-            self._cleanup_files(job_id)
-            with svc.db.session() as s:
-                _unpin_job(s, job_id)
-                job = s.get(ExportJob, job_id)
-                assert job is not None
-                self._finish(s, job, "failed", "export_failed", f"the export failed: {exc.__class__.__name__}")
+            self._end(job_id, "failed", "export_failed", f"the export failed: {exc.__class__.__name__}")
             return
         now = svc.clock.now_us()
         with svc.db.session() as s:
             _unpin_job(s, job_id)
-            job = s.get(ExportJob, job_id)
-            assert job is not None
+            published = _move(
+                s,
+                job_id,
+                ("running",),
+                state="done",
+                finished_us=now,
+                bundle_name=result.path.name,
+                bundle_bytes=result.bytes,
+                bundle_sha256=result.sha256,
+                manifest_sha256=result.manifest_sha256,
+                expires_us=now + svc.settings.export_bundle_days * exports.US_PER_DAY,
+            )
+            if not published:
+                log.warning("export job %d was ended elsewhere while its bundle was made; bundle removed", job_id)
+                result.path.unlink(missing_ok=True)
+                return
+            job = _reload(s, job_id)
             r = s.get(ExportRequest, job.request_id)
             assert r is not None
-            job.state, job.finished_us = "done", now
-            job.bundle_name, job.bundle_bytes = result.path.name, result.bytes
-            job.bundle_sha256, job.manifest_sha256 = result.sha256, result.manifest_sha256
             job.bytes_total = job.bytes_done = max(progress.total, job.bytes_total)
-            job.expires_us = now + svc.settings.export_bundle_days * exports.US_PER_DAY
             starter = s.get(User, job.started_by)
             assert starter is not None
             for camera_id, (count, nbytes) in sorted(per_camera.items()):
@@ -223,6 +414,15 @@ class ExportRunner(BackgroundLoop):
                         bytes=nbytes,
                     ),
                 )
+
+    def _end(self, job_id: int, state: str, code: str, message: str) -> None:
+        """A claimed job failed or was cancelled: remove what it wrote and its pins, and record why, once."""
+        self._cleanup_files(job_id)
+        with self.services.db.session() as s:
+            _unpin_job(s, job_id)
+            if not _move(s, job_id, ("running",), state=state, finished_us=self.services.clock.now_us()):
+                return  # ended elsewhere already (failed as stale by another runner), and audited there
+            self._finish(s, _reload(s, job_id), state, code, message)
 
     def _finish(self, s: Session, job: ExportJob, state: str, code: str, message: str) -> None:
         now = self.services.clock.now_us()
@@ -252,7 +452,7 @@ class ExportRunner(BackgroundLoop):
 
         svc = self.services
         settings = svc.settings
-        now = svc.clock.now_us()
+        now = svc.now_us()  # approval expiry and the grant route are access decisions (integrity.trusted_time)
         with svc.db.session() as s:
             job = s.get(ExportJob, job_id)
             assert job is not None
@@ -264,8 +464,12 @@ class ExportRunner(BackgroundLoop):
                     "export_state_invalid",
                     f"request {r.id} is {exports.effective_state(r, now)}",
                 )
-            requester = s.get(User, r.requester_id)
-            assert requester is not None
+            requester, starter = s.get(User, r.requester_id), s.get(User, job.started_by)
+            assert requester is not None and starter is not None
+            # The person who started it gets the copy: their roles and account now, not when they clicked.
+            if starter.state != "active":
+                raise NvrError(Kind.PERMISSION_DENIED, "user_disabled", f"{starter.username} is disabled")
+            exports.require_may_copy(_principal(starter), "have an export bundle made")
             exports.check_still_covered(s, r, _principal(requester), now)
             for camera_id in exports.cameras_of(r):
                 s.add(_pin(job, requester.id, camera_id, r.window_start_us, r.window_end_us, now))

@@ -13,8 +13,17 @@ The workflow (docs/exports/README.md):
 4. The requester or the co-signer starts the export job (api.export_jobs); both, and only they, may download the
    bundle, ``export_max_downloads`` times in all, until it expires.
 
-The requester may withdraw the request until a bundle has been made. Every step is one audit event written by the
-router in the same transaction. Nobody approves a request they filed or co-signed: two people means two people.
+The requester may withdraw the request until a bundle has been made. Every step is one audit event written here, in
+the step's own transaction. Nobody approves a request they filed or co-signed: two people means two people.
+
+**The viewer cap** (:func:`require_may_copy`): a person holding ``viewer`` never copies footage, whatever other roles
+they hold. Every step that leads to a copy in someone's hands checks it with the roles held *now*: filing,
+co-signing, starting the job, the job itself when it runs, and each download (403 ``viewer_cannot_copy``).
+
+**Races** (docs/design/concurrency.md): every step that changes a request takes the request's row lock first
+(:func:`locked_request`), so two co-signatures, two units' approvals, a withdrawal and a job start each see the
+outcome of the one before them; a decision made by the last owning unit at the same moment as another one still
+approves.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import false, or_, select
+from sqlalchemy import false, or_, select, update
 from sqlalchemy.orm import Session
 
-from api import grants
+from api import audit, grants
 from api.footage import segments_in
 from api.people import Principal, require_text
+from api.roles import grantable_actions
 from nvr import registry
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
@@ -65,6 +75,65 @@ def cameras_of(r: ExportRequest) -> list[str]:
 
 def _deny(code: str, message: str) -> NvrError:
     return NvrError(Kind.PERMISSION_DENIED, code, message)
+
+
+def may_copy(roles: tuple[str, ...]) -> bool:
+    """Whether a person with these roles may ever hold a copy of footage: only when a grant could give them
+    ``export`` (api.roles.grantable_actions, where ``viewer`` caps every other role)."""
+    return "viewer" not in roles and "export" in grantable_actions(roles)
+
+
+def require_may_copy(p: Principal, what: str) -> None:
+    """The viewer cap, for every step that puts a copy of footage in someone's hands (filing, co-signing, starting
+    the job, the job itself, downloading). ``viewer`` beside any other role: 403 ``viewer_cannot_copy``; roles that
+    never carry ``export`` (an officer who became an operator since filing): 403 ``role_forbidden``."""
+    if "viewer" in p.roles:
+        raise _deny(
+            "viewer_cannot_copy",
+            f"a viewer never copies footage, whatever other roles they hold; you may not {what}",
+        )
+    if not may_copy(p.roles):
+        raise _deny("role_forbidden", f"your roles never receive copies of footage; you may not {what}")
+
+
+def _sqlite(s: Session) -> bool:
+    return s.get_bind().dialect.name == "sqlite"
+
+
+def locked_request(s: Session, request_id: int) -> ExportRequest:
+    """The request's row, locked until the transaction ends and read again after the lock (so what a concurrent step
+    committed meanwhile is seen). PostgreSQL: ``SELECT … FOR UPDATE``. SQLite has no row locks and its driver opens
+    the transaction at the first write: a no-op write takes the database's write lock first."""
+    if _sqlite(s):
+        s.execute(
+            update(ExportRequest).where(ExportRequest.id == request_id).values(updated_us=ExportRequest.updated_us),
+            execution_options={"synchronize_session": False},
+        )
+    r = s.scalar(
+        select(ExportRequest)
+        .where(ExportRequest.id == request_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if r is None:
+        raise NvrError(Kind.NOT_FOUND, "export_not_found", f"no export request {request_id}")
+    return r
+
+
+def event(r: ExportRequest, action: str, reason: str | None = None, **kw: Any) -> audit.Event:
+    """An export step's audit event: the request, its window, purpose, case and destination."""
+    return audit.Event(
+        action,
+        kw.pop("outcome", "ok"),
+        window_start_us=r.window_start_us,
+        window_end_us=r.window_end_us,
+        object_id=f"export:{r.id}",
+        purpose=r.purpose,
+        case_ref=r.case_ref,
+        destination=kw.pop("destination", r.destination),
+        reason=reason,
+        **kw,
+    )
 
 
 def _validate(s: Session, spec: ExportSpec, max_window_hours: int, now_us: int) -> list[str]:
@@ -135,9 +204,13 @@ def _grant_covering(
     return g
 
 
-def create(s: Session, p: Principal, spec: ExportSpec, max_window_hours: int, now_us: int) -> ExportRequest:
+def create(
+    s: Session, p: Principal, meta: audit.RequestMeta, spec: ExportSpec, max_window_hours: int, now_us: int
+) -> ExportRequest:
+    """File an export request (``export.request``)."""
     if not p.can("exports.request"):
         raise _deny("role_forbidden", "only an officer may request an export")
+    require_may_copy(p, "file an export request")
     cameras = _validate(s, spec, max_window_hours, now_us)
     for c in cameras:
         cam = registry.get(s, c)
@@ -165,6 +238,8 @@ def create(s: Session, p: Principal, spec: ExportSpec, max_window_hours: int, no
     )
     s.add(r)
     s.flush()
+    reason = f"cameras={r.cameras}; legal basis: {r.legal_basis}; recipient: {r.recipient}; route={r.route}"
+    audit.record(s, now_us, p.actor, meta, event(r, "export.request", reason))
     return r
 
 
@@ -217,9 +292,15 @@ def _require_state(r: ExportRequest, now_us: int, *states: str) -> None:
         )
 
 
-def cosign(s: Session, p: Principal, r: ExportRequest, now_us: int, approval_valid_days: int) -> None:
+def cosign(
+    s: Session, p: Principal, meta: audit.RequestMeta, request_id: int, now_us: int, approval_valid_days: int
+) -> ExportRequest:
+    """A second officer of the requester's unit co-signs (``export.cosign``)."""
+    r = get_visible(s, p, request_id)
     if not p.can("exports.cosign"):
         raise _deny("role_forbidden", "only an officer may co-sign an export request")
+    require_may_copy(p, "co-sign an export request")
+    r = locked_request(s, r.id)
     if p.user_id == r.requester_id:
         raise _deny("cosign_self", "the requester cannot co-sign their own request; a second officer must")
     if _unit_of(s, r.requester_id) != p.unit:
@@ -232,6 +313,8 @@ def cosign(s: Session, p: Principal, r: ExportRequest, now_us: int, approval_val
     else:
         r.state = "pending_approval"
     s.flush()
+    audit.record(s, now_us, p.actor, meta, event(r, "export.cosign", f"state={r.state}"))
+    return r
 
 
 def owning_units(s: Session, r: ExportRequest) -> list[str]:
@@ -243,12 +326,22 @@ def decisions(s: Session, r: ExportRequest) -> list[ExportApproval]:
 
 
 def decide(
-    s: Session, p: Principal, r: ExportRequest, approve: bool, reason: str | None, now_us: int, valid_days: int
-) -> ExportApproval:
-    """Record one owning unit's decision (the approver's unit); the request follows from all of them."""
+    s: Session,
+    p: Principal,
+    meta: audit.RequestMeta,
+    request_id: int,
+    approve: bool,
+    reason: str | None,
+    now_us: int,
+    valid_days: int,
+) -> ExportRequest:
+    """Record one owning unit's decision (the approver's unit); the request follows from all of them
+    (``export.approve`` / ``export.reject``)."""
+    r = get_visible(s, p, request_id)
     if not p.can("exports.approve"):
         raise _deny("role_forbidden", "only an approver may decide on an export request")
     text = require_text(reason or "", "reason_invalid", "a decision's reason", 2000)
+    r = locked_request(s, r.id)
     if r.route == "grant":
         raise NvrError(Kind.FAILED_PRECONDITION, "export_state_invalid", "this request is covered by a grant")
     _require_state(r, now_us, "pending_approval")
@@ -276,12 +369,17 @@ def decide(
         r.state, r.decided_us, r.approved_until_us = "approved", now_us, now_us + valid_days * US_PER_DAY
         r.decision_reason = "approved by " + ", ".join(units)
     s.flush()
-    return d
+    action = "export.approve" if approve else "export.reject"
+    audit.record(s, now_us, p.actor, meta, event(r, action, f"unit {d.unit}: {d.reason}; state={r.state}"))
+    return r
 
 
-def withdraw(s: Session, p: Principal, r: ExportRequest, now_us: int) -> None:
+def withdraw(s: Session, p: Principal, meta: audit.RequestMeta, request_id: int, now_us: int) -> ExportRequest:
+    """The requester withdraws the request, until a bundle is being made or exists (``export.withdraw``)."""
+    r = get_visible(s, p, request_id)
     if p.user_id != r.requester_id:
         raise _deny("role_forbidden", "only the requester may withdraw an export request")
+    r = locked_request(s, r.id)
     _require_state(r, now_us, "pending_cosign", "pending_approval", "approved", "expired")
     if active_job(s, r.id) is not None:
         raise NvrError(
@@ -289,6 +387,8 @@ def withdraw(s: Session, p: Principal, r: ExportRequest, now_us: int) -> None:
         )
     r.state, r.updated_us = "withdrawn", now_us
     s.flush()
+    audit.record(s, now_us, p.actor, meta, event(r, "export.withdraw"))
+    return r
 
 
 def active_job(s: Session, request_id: int) -> ExportJob | None:

@@ -1,21 +1,30 @@
-"""Footage services: recordings listings, playback planning, read pins and the checks made while a stream runs."""
+"""Footage services: recordings listings, playback planning, read pins, playback tickets and the checks made while a
+stream runs.
+
+Playback tickets (:func:`issue_ticket`, :func:`ticket_principal`, :func:`claim_ticket`) are single-use: the one stream
+a ticket opens claims it with one conditional UPDATE (``used_us IS NULL``), in the same transaction as the stream's
+read pin, so parallel uses of one ticket give exactly one stream, and a refused start (``stream_limit``, a grant no
+longer in force) leaves it unused. A ticket never combines with another user's bearer token (403
+``ticket_not_yours``). See docs/api.md, "Playback", and docs/design/concurrency.md.
+"""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from api import audit, grants
+from api import audit, grants, people
 from api.people import Principal
 from integrity import chain
 from integrity.verify_archive import Problem, open_finding, segment_subject
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
-from nvr.models import Gap, Grant, ReadPin, Segment, Volume
+from nvr.models import Gap, Grant, PlaybackTicket, ReadPin, Segment, Volume
 from retention import holds
 from storage import pins
 
@@ -24,6 +33,7 @@ if TYPE_CHECKING:
 
 # Segments within this of each other are one continuous run (the recorder makes them touch exactly).
 TOUCH_US = 1_000
+TICKET_PREFIX = "nvrt_"
 
 
 def check_window(start_us: int, end_us: int, max_us: int, what: str) -> None:
@@ -254,3 +264,104 @@ def pin(
     s.add(row)
     s.flush()
     return PinInfo(row.id, g.id, p.token_id)
+
+
+# --- playback tickets ---------------------------------------------------------------------------------------
+def issue_ticket(
+    s: Session,
+    p: Principal,
+    meta: audit.RequestMeta,
+    camera_id: str,
+    start_us: int,
+    end_us: int,
+    purpose: str,
+    now_us: int,
+    lifetime_s: int,
+) -> tuple[PlaybackTicket, str]:
+    """A single-use credential for one playback URL (``playback.ticket``): bound to the user, the session that asked,
+    the camera, the window and the purpose; only the SHA-256 of the secret is stored. The grant is checked now and
+    again when the URL is used."""
+    g = grants.authorize(s, p, camera_id, "playback", start_us, end_us, now_us)
+    secret = TICKET_PREFIX + secrets.token_urlsafe(32)
+    t = PlaybackTicket(
+        secret_hash=people.hash_secret(secret),
+        user_id=p.user_id,
+        token_id=p.token_id,
+        camera_id=camera_id,
+        start_us=start_us,
+        end_us=end_us,
+        purpose=purpose,
+        created_us=now_us,
+        expires_us=now_us + lifetime_s * 1_000_000,
+    )
+    s.add(t)
+    s.flush()
+    audit.record(
+        s,
+        now_us,
+        p.actor,
+        meta,
+        audit.Event(
+            "playback.ticket",
+            "allowed",
+            camera_id=camera_id,
+            window_start_us=start_us,
+            window_end_us=end_us,
+            object_id=f"ticket:{t.id}",
+            purpose=purpose,
+            case_ref=g.case_ref,
+        ),
+    )
+    return t, secret
+
+
+def find_ticket(s: Session, secret: str, now_us: int) -> PlaybackTicket:
+    """The ticket behind a secret; ``ticket_invalid`` (401) when it is unknown or has expired."""
+    t = s.scalar(select(PlaybackTicket).where(PlaybackTicket.secret_hash == people.hash_secret(secret[:200])))
+    if t is None or t.expires_us <= now_us:
+        raise NvrError(Kind.UNAUTHENTICATED, "ticket_invalid", "the playback ticket is unknown or has expired")
+    return t
+
+
+def ticket_principal(s: Session, t: PlaybackTicket, bearer: Principal | None, now_us: int) -> Principal:
+    """Who a ticket lets play. With a bearer token as well (``bearer``): another user's token is refused, 403
+    ``ticket_not_yours`` (the request is never served or audited as the ticket's owner); the same user's token makes
+    the request that token's (it authenticates the stream and is re-checked while it runs), and the ticket is still
+    checked and used up. Without one, the session that made the ticket must still be valid."""
+    if bearer is not None:
+        if bearer.user_id != t.user_id:
+            raise NvrError(
+                Kind.PERMISSION_DENIED,
+                "ticket_not_yours",
+                "this playback ticket belongs to another user; it cannot be used with your token",
+            )
+        return bearer
+    token = s.get(people.Token, t.token_id)
+    if token is None:
+        raise NvrError(Kind.UNAUTHENTICATED, "ticket_invalid", "the session that made this ticket has ended")
+    return people.principal_for(s, token, now_us)
+
+
+def check_ticket_use(
+    t: PlaybackTicket, camera_id: str, start_us: int | None, end_us: int | None, purpose: str | None
+) -> None:
+    """The ticket must be for this very request (``ticket_mismatch``) and not used yet (``ticket_used``; the claim in
+    :func:`claim_ticket` is what decides, this only answers early)."""
+    if (t.camera_id, t.start_us, t.end_us, t.purpose) != (camera_id, start_us, end_us, purpose):
+        raise NvrError(Kind.UNAUTHENTICATED, "ticket_mismatch", "the playback ticket is for another request")
+    if t.used_us is not None:
+        raise NvrError(Kind.UNAUTHENTICATED, "ticket_used", "the playback ticket has been used; ask for a new one")
+
+
+def claim_ticket(s: Session, ticket_id: int, client_addr: str | None, now_us: int) -> None:
+    """Use the ticket up: one conditional UPDATE (``used_us IS NULL`` and not expired, rowcount checked). Call it in
+    the transaction that pins the stream, so a refused start leaves the ticket unused; of parallel uses exactly one
+    gets here first, the others answer 401 ``ticket_used``."""
+    claimed = s.execute(
+        update(PlaybackTicket)
+        .where(PlaybackTicket.id == ticket_id, PlaybackTicket.used_us.is_(None), PlaybackTicket.expires_us > now_us)
+        .values(used_us=now_us, used_addr=(client_addr or "")[:100] or None),
+        execution_options={"synchronize_session": False},
+    )
+    if cast(CursorResult[Any], claimed).rowcount != 1:
+        raise NvrError(Kind.UNAUTHENTICATED, "ticket_used", "the playback ticket has been used; ask for a new one")

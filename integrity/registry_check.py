@@ -121,6 +121,7 @@ def _short(digest: object) -> str:
 _RECENT = 64
 """Changes of one camera read, newest first by time, to find the newest by sequence number."""
 
+
 def latest_camera_change(session: Session, camera_id: str) -> Audited | None:
     """The newest event (by ``seq``) naming the camera's digest: a short backward range of ``ix_audit_camera``.
 

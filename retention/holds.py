@@ -446,7 +446,8 @@ def cameras_of(s: Session, hold_id: int) -> list[str]:
 
 
 def _visible_to(visible: set[str], user_id: int | None) -> ColumnElement[bool]:
-    """Holds naming a camera of ``visible``, or placed by the user (who named those cameras themselves)."""
+    """Holds naming a camera of ``visible``, or placed by the user (who wrote the hold; :func:`view` still shows them
+    only the cameras of ``visible``)."""
     names_visible = exists(
         select(HoldCamera.hold_id).where(HoldCamera.hold_id == EvidenceHold.id, HoldCamera.camera_id.in_(visible))
     )
@@ -499,11 +500,12 @@ def _name(s: Session, user_id: int | None) -> str | None:
     return f"{u.full_name} ({u.username})" if u is not None else f"user:{user_id}"
 
 
-def view(s: Session, h: EvidenceHold, visible: set[str] | None = None, user_id: int | None = None) -> dict[str, Any]:
-    """A hold as the API and the CLI show it. With ``visible``, only those cameras are named (unless the person
-    placed the hold)."""
+def view(s: Session, h: EvidenceHold, visible: set[str] | None = None) -> dict[str, Any]:
+    """A hold as the API and the CLI show it. With ``visible``, only those cameras are named and covered: a camera
+    the person may not see now stays out, even of a hold they placed themselves (its coverage of an open-ended hold
+    would tell what that camera recorded since)."""
     cameras = cameras_of(s, h.id)
-    if visible is not None and not (user_id is not None and h.placed_by == user_id):
+    if visible is not None:
         cameras = [c for c in cameras if c in visible]
     return {
         "id": h.id,

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import threading
 import urllib.parse
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from sqlalchemy import select
 
-from api import audit, footage, grants, people
+from api import audit, footage, grants
 from api.context import Ctx, authenticated, request_hint, requires, services
 from api.routes.schemas import TicketBody
 from api.stream import PlaybackStream, StreamJob
 from nvr import registry
 from nvr.clock import iso, parse_iso
-from nvr.errors import Kind, NvrError
-from nvr.models import PlaybackTicket
+from nvr.errors import NvrError
 from storage import pins
 from storage.reader import SegmentDamaged, start_playback
 
@@ -68,40 +65,16 @@ def recordings(
 def playback_ticket(
     camera_id: str, body: TicketBody, ctx: Annotated[Ctx, Depends(requires("playback.ticket"))]
 ) -> dict[str, Any]:
-    """A short-lived URL for a ``<video src>`` (which cannot send an Authorization header). The grant is checked
-    now and again when the URL is used; the ticket is bound to you, this camera, window and purpose."""
+    """A short-lived, single-use URL for a ``<video src>`` (which cannot send an Authorization header). The grant is
+    checked now and again when the URL is used; the ticket is bound to you, this camera, window and purpose, and
+    opens one stream: a second use answers 401 ``ticket_used``."""
     registry.validate_id(camera_id)
     ctx.hint(purpose=body.purpose)
     start_us, end_us = _window(ctx, body.start, body.end, ctx.settings.playback_max_seconds * 1_000_000, "playback")
     now = ctx.now_us
-    secret = "nvrt_" + secrets.token_urlsafe(32)
     with ctx.db.session() as s:
-        g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
-        t = PlaybackTicket(
-            secret_hash=people.hash_secret(secret),
-            user_id=ctx.me.user_id,
-            token_id=ctx.me.token_id,
-            camera_id=camera_id,
-            start_us=start_us,
-            end_us=end_us,
-            purpose=body.purpose,
-            created_us=now,
-            expires_us=now + ctx.settings.playback_ticket_seconds * 1_000_000,
-        )
-        s.add(t)
-        s.flush()
-        ctx.record(
-            s,
-            audit.Event(
-                "playback.ticket",
-                "allowed",
-                camera_id=camera_id,
-                window_start_us=start_us,
-                window_end_us=end_us,
-                object_id=f"ticket:{t.id}",
-                purpose=body.purpose,
-                case_ref=g.case_ref,
-            ),
+        t, secret = footage.issue_ticket(
+            s, ctx.me, ctx.meta, camera_id, start_us, end_us, body.purpose, now, ctx.settings.playback_ticket_seconds
         )
     query = urllib.parse.urlencode(
         {"start": iso(start_us), "end": iso(end_us), "purpose": body.purpose, "ticket": secret}
@@ -109,35 +82,36 @@ def playback_ticket(
     return {"url": f"/api/v1/cameras/{camera_id}/playback?{query}", "expires": iso(t.expires_us)}
 
 
+def _query_time(text: str | None) -> int | None:
+    try:
+        return parse_iso(text or "")
+    except NvrError:
+        return None
+
+
 def _playback_ctx(request: Request) -> Ctx:
-    """Bearer token, or a playback ticket matching the URL's camera, window and purpose."""
+    """Bearer token, or a playback ticket matching the URL's camera, window and purpose (or both, for one user).
+
+    The ticket is checked here and claimed in the request's pin transaction (``request.state.ticket_id``). Refusals
+    are audited under the bearer's user when a token came, else under the ticket's owner once the ticket is known
+    (an unknown or expired ticket: anonymous)."""
     ticket = request.query_params.get("ticket")
     if not ticket:
         return authenticated(request, "playback.start")
-    request_hint(request).update(action="playback.start", camera_id=str(request.path_params.get("camera_id"))[:64])
+    camera_id = str(request.path_params.get("camera_id"))[:64]
+    request_hint(request).update(action="playback.start", camera_id=camera_id)
+    bearer = authenticated(request, "playback.start").principal if request.headers.get("authorization") else None
     svc = services(request)
-    now = svc.clock.now_us()
+    now = svc.now_us()
     q = request.query_params
     with svc.db.session() as s:
-        t = s.scalar(select(PlaybackTicket).where(PlaybackTicket.secret_hash == people.hash_secret(ticket[:200])))
-        if t is None or t.expires_us <= now:
-            raise NvrError(Kind.UNAUTHENTICATED, "ticket_invalid", "the playback ticket is unknown or has expired")
-        try:
-            same = (
-                t.camera_id == request.path_params.get("camera_id")
-                and t.start_us == parse_iso(q.get("start", ""))
-                and t.end_us == parse_iso(q.get("end", ""))
-                and t.purpose == q.get("purpose")
-            )
-        except NvrError:
-            same = False
-        if not same:
-            raise NvrError(Kind.UNAUTHENTICATED, "ticket_mismatch", "the playback ticket is for another request")
-        token = s.get(people.Token, t.token_id)
-        if token is None:
-            raise NvrError(Kind.UNAUTHENTICATED, "ticket_invalid", "the session that made this ticket has ended")
-        principal = people.principal_for(s, token, now)
+        t = footage.find_ticket(s, ticket, now)
+        request_hint(request).update(object_id=f"ticket:{t.id}")
+        principal = footage.ticket_principal(s, t, bearer, now)
+    # Refusals from here on name this person: the bearer's user, or the owner of the ticket that came alone.
     request.state.principal = principal
+    footage.check_ticket_use(t, camera_id, _query_time(q.get("start")), _query_time(q.get("end")), q.get("purpose"))
+    request.state.ticket_id = t.id
     return Ctx(svc, request, principal)
 
 
@@ -176,9 +150,12 @@ def playback(
     # The pin is committed before the segments are read: the sweeper marks rows, commits, then re-checks pins,
     # so either it sees this pin and spares the segments, or this read sees its marks and skips them
     # (docs/retention/sweeper.md). Planning first could hand the stream a file being unlinked.
+    ticket_id: int | None = getattr(ctx.request.state, "ticket_id", None)
     with ctx.db.session() as s:
         g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
-        ctx.hint(case_ref=g.case_ref, object_id=f"grant:{g.id}")
+        ctx.hint(case_ref=g.case_ref, object_id=f"grant:{g.id}" if ticket_id is None else f"ticket:{ticket_id}")
+        if ticket_id is not None:  # in the pin's transaction: a start refused below leaves the ticket unused
+            footage.claim_ticket(s, ticket_id, meta.client_addr, now)
         pin = footage.pin(s, ctx.me, g, camera_id, start_us, end_us, now, meta.request_id or "")
     fields: dict[str, Any] = dict(
         camera_id=camera_id,
@@ -200,7 +177,11 @@ def playback(
             ctx.record(
                 s,
                 audit.Event(
-                    "playback.start", "allowed", **fields, reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
+                    "playback.start",
+                    "allowed",
+                    **fields,
+                    reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
+                    + ("" if ticket_id is None else f"; ticket {ticket_id}"),
                 ),
             )
     except SegmentDamaged as exc:

@@ -2,8 +2,11 @@
 two-person release (approvers). The rules live in :mod:`retention.holds`; this module knows roles and grants.
 
 Who sees which hold: admins, approvers and auditors (``retention.read``) every hold; everyone else holds naming a
-camera a grant of theirs covers now (only those cameras are shown), and holds they placed themselves. Any other hold
-answers 404 ``hold_not_found``. Every listing and read is audited.
+camera a grant of theirs covers now, and holds they placed themselves, always showing only the cameras they may see
+now (the camera visibility of ``GET /cameras``: api.grants.visible_camera_ids). Any other hold answers 404
+``hold_not_found``; filtering by a camera they may not see answers as ``GET /cameras/{id}`` does (404
+``camera_not_found``, or 403 when their grant for it is not in force), so a listing never tells which holds name a
+camera hidden from them. Every listing and read is audited.
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ def _visible(ctx: Ctx, s: Session) -> set[str] | None:
     return None if _sees_all(ctx) else grants.visible_camera_ids(s, ctx.me, ctx.now_us)
 
 
+def _check_camera(ctx: Ctx, s: Session, camera_id: str) -> None:
+    """A camera named in a holds query must be one this person may see, exactly as on ``GET /cameras/{id}``
+    (those who see every hold: any camera that exists)."""
+    if _sees_all(ctx):
+        registry.get(s, registry.validate_id(camera_id))
+    else:
+        visible_camera(s, ctx.me, camera_id, ctx.now_us)
+
+
 def _require_reader(ctx: Ctx) -> None:
     if not any(ctx.me.can(c) for c in READ_CAPABILITIES):
         raise NvrError(Kind.PERMISSION_DENIED, "role_forbidden", "your roles do not allow reading holds")
@@ -113,11 +125,13 @@ def list_holds(
     if camera is not None:
         ctx.hint(camera_id=camera)
     with ctx.db.session() as s:
+        if camera is not None:
+            _check_camera(ctx, s, camera)
         visible = _visible(ctx, s)
         found = holds.list_holds(
             s, camera_id=camera, state=state, case_ref=case_ref, visible=visible, user_id=ctx.me.user_id
         )
-        out = [holds.view(s, h, visible, ctx.me.user_id) for h in found]
+        out = [holds.view(s, h, visible) for h in found]
         ctx.record(
             s, audit.Event("hold.list", "allowed", camera_id=camera, case_ref=case_ref, reason=f"{len(out)} hold(s)")
         )
@@ -129,7 +143,7 @@ def get_hold(hold_id: int, ctx: Annotated[Ctx, Depends(requires("hold.read"))]) 
     _require_reader(ctx)
     with ctx.db.session() as s:
         h, visible = _visible_hold(ctx, s, hold_id)
-        out = holds.view(s, h, visible, ctx.me.user_id)
+        out = holds.view(s, h, visible)
         ctx.record(s, audit.Event("hold.read", "allowed", object_id=f"hold:{h.id}", case_ref=h.case_ref))
     return out
 
@@ -144,13 +158,10 @@ def camera_holds(
     see every hold, see every camera's holds)."""
     _require_reader(ctx)
     with ctx.db.session() as s:
-        if _sees_all(ctx):
-            registry.get(s, registry.validate_id(camera_id))
-        else:
-            visible_camera(s, ctx.me, camera_id, ctx.now_us)
+        _check_camera(ctx, s, camera_id)
         visible = _visible(ctx, s)
         found = holds.list_holds(s, camera_id=camera_id, state=state)
-        out = [holds.view(s, h, visible, ctx.me.user_id) for h in found]
+        out = [holds.view(s, h, visible) for h in found]
         ctx.record(s, audit.Event("hold.list", "allowed", camera_id=camera_id, reason=f"{len(out)} hold(s)"))
     return {"camera_id": camera_id, "holds": out}
 
@@ -164,7 +175,7 @@ def _release_step(ctx: Ctx, hold_id: int, step: Any, text: str | None) -> Eviden
 def _answer(ctx: Ctx, hold_id: int) -> dict[str, Any]:
     with ctx.db.session() as s:
         h = holds.get(s, hold_id)
-        return holds.view(s, h, _visible(ctx, s), ctx.me.user_id)
+        return holds.view(s, h, _visible(ctx, s))
 
 
 @router.post("/holds/{hold_id}/release-request")

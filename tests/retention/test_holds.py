@@ -264,3 +264,42 @@ def test_release_takes_two_different_approvers(api) -> None:
     assert [x["id"] for x in _get(api, "a", "/holds", state="released").json()["holds"]] == [first["id"]]
     rec = _get(api, "off", "/cameras/cam-1/recordings", start=iso(t[0]), end=iso(t[3] + SEG)).json()
     assert [x["id"] for x in rec["holds"]] == [second["id"]]
+
+
+def test_hold_listings_follow_camera_visibility(api) -> None:
+    t = api.camera("cam-1", segments=3)
+    api.camera("cam-2", segments=3)
+    api.user("appr", ["approver"])
+    api.user("off", ["officer"])
+    api.user("aud", ["auditor"])
+    grant = api.grant("appr", "off", ["cam-1"])
+    both = _place(api, "appr", cameras=["cam-1", "cam-2"], start=iso(t[0])).json()
+    hidden = _place(api, "appr", cameras=["cam-2"], case_ref="CASE-2026-009", start=iso(t[0])).json()
+    own = _place(api, "off", cameras=["cam-1"], case_ref="CASE-2026-010", start=iso(t[0])).json()  # open-ended
+
+    # Asking about a camera hidden from the officer answers as GET /cameras/{id} does; nothing about its holds.
+    for path, params in (("/holds", {"camera": "cam-2"}), ("/cameras/cam-2/holds", {})):
+        r = _get(api, "off", path, **params)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "camera_not_found"), path
+    listed = _get(api, "off", "/holds").json()["holds"]
+    assert [(h["id"], h["cameras"]) for h in listed] == [(both["id"], ["cam-1"]), (own["id"], ["cam-1"])]
+    assert [c["camera_id"] for h in listed for c in h["covered"]] == ["cam-1", "cam-1"]
+    assert [h["id"] for h in _get(api, "off", "/holds", camera="cam-1").json()["holds"]] == [both["id"], own["id"]]
+    assert _get(api, "off", f"/holds/{hidden['id']}").json()["error"]["code"] == "hold_not_found"
+    # Those who oversee holds see every one, on every camera.
+    everything = _get(api, "aud", "/holds", camera="cam-2").json()["holds"]
+    assert [(h["id"], h["cameras"]) for h in everything] == [
+        (both["id"], ["cam-1", "cam-2"]),
+        (hidden["id"], ["cam-2"]),
+    ]
+
+    # Once the grant is suspended the officer sees no camera: their own hold stays listed, naming none of them
+    # (an open-ended hold's coverage would tell what the camera recorded since).
+    with api.client("appr") as c:
+        assert c.post(f"/api/v1/grants/{grant['id']}/suspend", json={"reason": "review"}).status_code == 200
+    listed = _get(api, "off", "/holds").json()["holds"]
+    assert [(h["id"], h["cameras"], h["covered"]) for h in listed] == [(own["id"], [], [])]
+    r = _get(api, "off", "/holds", camera="cam-1")
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "grant_suspended")
+    denied = [(e.actor_id, e.reason) for e in _events(api, "hold.list") if e.outcome == "denied"]
+    assert denied == [(api.ids["off"], "camera_not_found")] * 2 + [(api.ids["off"], "grant_suspended")]
