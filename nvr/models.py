@@ -650,3 +650,45 @@ class Alert(Base):
     reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     reviewed_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     review_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class OidcLoginState(Base):
+    """A browser login begun at the identity provider (api.oidc): single-use (``used_us`` is set by one conditional
+    UPDATE) and expiring. Only SHA-256 hashes of the ``state`` value and of the browser-binding cookie are kept."""
+
+    __tablename__ = "oidc_login_states"
+    __table_args__ = (
+        Index("ix_oidc_login_states_expires_us", "expires_us"),
+        Index("ix_oidc_login_states_client_addr", "client_addr", "expires_us"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    state_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    browser_hash: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[str] = mapped_column(String(100))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    return_to: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    client_addr: Mapped[str] = mapped_column(String(64))
+    """Who began it: one address may have only so many logins pending (api.oidc.MAX_PENDING_PER_ADDR)."""
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    expires_us: Mapped[int] = mapped_column(BigInteger)
+    used_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class OidcLink(Base):
+    """How the server checks an identity-provider account at the provider (api.oidc): the provider's access and
+    refresh tokens from the account's newest browser login here. ``state``: live, or dead once the provider refused
+    them (``state_reason`` says how); a new browser login makes it live again."""
+
+    __tablename__ = "oidc_links"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True, autoincrement=False)
+    subject: Mapped[str] = mapped_column(String(255))
+    access_token: Mapped[str] = mapped_column(Text)
+    access_expires_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refresh_token: Mapped[str | None] = mapped_column(Text, nullable=True)
+    linked_us: Mapped[int] = mapped_column(BigInteger)
+    checked_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When the provider last vouched for the account (trusted for ``oidc_recheck_seconds``)."""
+    refreshing_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Set while one request renews the access token with the refresh token, so that only one does."""
+    state: Mapped[str] = mapped_column(String(20))
+    state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
