@@ -5,10 +5,22 @@ password and an unknown user fail the same way, after the same work. Tokens are 
 the database keeps only their SHA-256 (a fast hash is right for high-entropy secrets and keeps the per-request
 check cheap). Every request looks the token and its user up again, so a revoked token or a disabled user stops
 working at the next request.
+
+A token made at or before its user's ``tokens_valid_after_us`` (set when the user is disabled or re-enabled, or a
+password is reset) is refused
+as revoked, whatever its own row says: re-enabling a user, or editing the ``state`` column back by hand, never
+revives an old session or script token. A user whose stored roles break separation of duties (an admin who is also
+approver, officer or auditor: only a row edited by hand can hold that) is refused at authentication with
+``role_conflict`` rather than served with both roles' powers. Identity-provider accounts (``auth_source`` ``oidc``)
+have no local password: password login and password changes are refused for them (:func:`require_local_password`).
+
+Rules about who may change users (two admins, the last admin) live in :mod:`api.users`; this module holds the
+records' own checks and the credentials.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -16,17 +28,24 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.audit import Actor
-from api.roles import capabilities, parse_roles, validate_roles
+from api.roles import capabilities, parse_roles, separation_conflict, validate_roles
 from nvr.errors import Kind, NvrError
 from nvr.models import Token, User
 
 _hasher = PasswordHasher()
+
+
 # Verified against when the user does not exist, so an unknown name costs as much as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+@functools.cache
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_hex(16))  # made on first use: importing this module costs no hash
+
+
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MIN_PASSWORD = 12
 TOKEN_PREFIX = {"session": "nvrs_", "personal": "nvrp_"}
@@ -61,6 +80,38 @@ def user_actor(u: User) -> Actor:
     return Actor(u.id, f"{u.full_name} ({u.username})", u.unit, u.roles)
 
 
+class RoleConflictRefused(NvrError):
+    """Authentication refused because the user's stored roles break separation of duties (a row edited by hand).
+    ``actor`` names the user, for the denial event."""
+
+    def __init__(self, actor: Actor, clash: str) -> None:
+        super().__init__(
+            Kind.PERMISSION_DENIED,
+            "role_conflict",
+            f"this account's roles break separation of duties (admin with {clash}); an admin must correct them",
+        )
+        self.actor = actor
+
+
+LOCAL = "local"
+OIDC = "oidc"
+
+
+def has_local_password(u: User) -> bool:
+    """Whether the account logs in with a password kept here (``local``); identity-provider accounts do not."""
+    return (u.auth_source or LOCAL) == LOCAL
+
+
+def require_local_password(u: User) -> None:
+    """Refuse a password change or reset for an identity-provider account (409 ``password_not_local``)."""
+    if not has_local_password(u):
+        raise NvrError(
+            Kind.FAILED_PRECONDITION,
+            "password_not_local",
+            "this account signs in through the identity provider and has no local password",
+        )
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -79,6 +130,29 @@ def require_text(value: str, code: str, what: str, limit: int = 200) -> str:
     return value
 
 
+def new_user(*, username: str, full_name: str, staff_number: str, unit: str, roles: list[str], now_us: int) -> User:
+    """A checked, not yet stored, active local user without a password hash (``role_conflict`` and the field
+    codes when something is not allowed)."""
+    if not USERNAME.fullmatch(username):
+        raise NvrError(
+            Kind.INVALID_ARGUMENT,
+            "username_invalid",
+            "username must be 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return User(
+        username=username,
+        full_name=require_text(full_name, "full_name_invalid", "full name"),
+        staff_number=require_text(staff_number, "staff_number_invalid", "staff number", 64),
+        unit=require_text(unit, "unit_invalid", "unit"),
+        roles=validate_roles(roles),
+        state="active",
+        password_hash="",
+        auth_source=LOCAL,
+        created_us=now_us,
+        updated_us=now_us,
+    )
+
+
 def create_user(
     s: Session,
     *,
@@ -90,38 +164,67 @@ def create_user(
     password: str,
     now_us: int,
 ) -> User:
-    if not USERNAME.fullmatch(username):
-        raise NvrError(
-            Kind.INVALID_ARGUMENT,
-            "username_invalid",
-            "username must be 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )
-    u = User(
-        username=username,
-        full_name=require_text(full_name, "full_name_invalid", "full name"),
-        staff_number=require_text(staff_number, "staff_number_invalid", "staff number", 64),
-        unit=require_text(unit, "unit_invalid", "unit"),
-        roles=validate_roles(roles),
-        state="active",
-        password_hash="",
-        created_us=now_us,
-        updated_us=now_us,
+    """Store a user at once, with no rule about who asks (api.users.create_user is the use case with its rules;
+    this is the record, for it and for benchmarks)."""
+    u = new_user(
+        username=username, full_name=full_name, staff_number=staff_number, unit=unit, roles=roles, now_us=now_us
     )
     check_password_strength(password)
+    check_new_user(s, u.username, u.staff_number)
+    u.password_hash = _hasher.hash(password)
+    add_user(s, u)
+    return u
+
+
+def hash_password(password: str) -> str:
+    check_password_strength(password)
+    return _hasher.hash(password)
+
+
+def check_new_user(s: Session, username: str, staff_number: str) -> None:
+    """``user_exists`` / ``staff_number_exists`` when either is taken."""
     if s.scalar(select(User.id).where(User.username == username)) is not None:
         raise NvrError(Kind.CONFLICT, "user_exists", f"user {username!r} already exists")
-    if s.scalar(select(User.id).where(User.staff_number == u.staff_number)) is not None:
-        raise NvrError(Kind.CONFLICT, "staff_number_exists", f"staff number {u.staff_number!r} is already in use")
-    u.password_hash = _hasher.hash(password)
+    if s.scalar(select(User.id).where(User.staff_number == staff_number)) is not None:
+        raise NvrError(Kind.CONFLICT, "staff_number_exists", f"staff number {staff_number!r} is already in use")
+
+
+def add_user(s: Session, u: User) -> None:
+    """Insert; two requests racing for one user name or staff number: the loser gets 409, not a server error."""
     s.add(u)
-    s.flush()
-    return u
+    try:
+        s.flush()
+    except IntegrityError:
+        raise NvrError(
+            Kind.CONFLICT, "user_exists", f"user {u.username!r} or staff number {u.staff_number!r} exists already"
+        ) from None
 
 
 def get_user(s: Session, user_id: int) -> User:
     u = s.get(User, user_id)
     if u is None:
         raise NvrError(Kind.NOT_FOUND, "user_not_found", f"no user {user_id}")
+    return u
+
+
+def lock_user(s: Session, user_id: int) -> User:
+    """The user's row, taken for this transaction and read afresh: a write to it first (PostgreSQL: its row lock;
+    SQLite: the database write lock, which a transaction takes at its first write), so two changes to one user take
+    turns and neither works from a stale copy."""
+    done = (
+        s.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(updated_us=User.updated_us)
+            .execution_options(synchronize_session=False)
+        )
+        if 0 < user_id < 2**62
+        else None
+    )
+    if done is None or done.rowcount != 1:  # type: ignore[attr-defined]
+        raise NvrError(Kind.NOT_FOUND, "user_not_found", f"no user {user_id}")
+    u = s.get(User, user_id, populate_existing=True)
+    assert u is not None
     return u
 
 
@@ -132,28 +235,43 @@ def find_user(s: Session, username: str) -> User:
     return u
 
 
+def cut_tokens(s: Session, u: User, now_us: int) -> None:
+    """End every token the user has now: each is revoked, and ``tokens_valid_after_us`` refuses any made at or
+    before this moment even if its row is edited back (disabling, re-enabling, a password reset)."""
+    u.tokens_valid_after_us = now_us
+    s.execute(
+        update(Token)
+        .where(Token.user_id == u.id, Token.revoked_us.is_(None))
+        .values(revoked_us=now_us)
+        .execution_options(synchronize_session=False)
+    )
+    s.flush()
+
+
 def set_state(s: Session, u: User, state: str, now_us: int) -> None:
+    """Record-level only (the rules are api.users'): changing the state ends every token the user has."""
     if state not in ("active", "disabled"):
         raise NvrError(Kind.INVALID_ARGUMENT, "user_state_invalid", "user state must be active or disabled")
     u.state = state
     u.updated_us = now_us
-    s.flush()
+    cut_tokens(s, u, now_us)
 
 
 def set_password(s: Session, u: User, password: str, now_us: int) -> None:
-    check_password_strength(password)
-    u.password_hash = _hasher.hash(password)
+    require_local_password(u)
+    u.password_hash = hash_password(password)
     u.updated_us = now_us
     s.flush()
 
 
 def password_matches(u: User | None, password: str) -> bool:
-    """Constant work whether or not the user exists."""
+    """Constant work whether or not the user exists; an identity-provider account never matches."""
+    local = u is not None and has_local_password(u) and bool(u.password_hash)
     try:
-        _hasher.verify(u.password_hash if u is not None else _DUMMY_HASH, password[:1024])
+        _hasher.verify(u.password_hash if u is not None and local else _dummy_hash(), password[:1024])
     except (VerificationError, InvalidHashError):
         return False
-    return u is not None
+    return local
 
 
 def login(s: Session, username: str, password: str, *, now_us: int, session_us: int) -> tuple[User, Token, str]:
@@ -203,13 +321,18 @@ def principal_for(s: Session, t: Token, now_us: int) -> Principal:
 
 
 def _principal(t: Token, u: User, now_us: int) -> Principal:
-    if t.revoked_us is not None:
+    if u.state != "active":
+        raise NvrError(Kind.UNAUTHENTICATED, "user_disabled", "this account is disabled")
+    cut = u.tokens_valid_after_us
+    if t.revoked_us is not None or (cut is not None and t.created_us <= cut):
         raise NvrError(Kind.UNAUTHENTICATED, "token_revoked", "this token has been revoked; log in again")
     if t.expires_us <= now_us:
         raise NvrError(Kind.UNAUTHENTICATED, "token_expired", "this token has expired; log in again")
-    if u.state != "active":
-        raise NvrError(Kind.UNAUTHENTICATED, "user_disabled", "this account is disabled")
-    return Principal(u.id, u.username, u.full_name, u.unit, parse_roles(u.roles), t.id, t.kind)
+    roles = parse_roles(u.roles)
+    clash = separation_conflict(roles)
+    if clash is not None:
+        raise RoleConflictRefused(user_actor(u), clash)
+    return Principal(u.id, u.username, u.full_name, u.unit, roles, t.id, t.kind)
 
 
 def revoke_token(s: Session, t: Token, now_us: int) -> None:

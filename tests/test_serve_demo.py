@@ -49,17 +49,17 @@ def _officer_plays_what_was_recorded(env: dict[str, str], url: str, admin: str, 
     with httpx.Client(base_url=url, timeout=30) as c:
         ids = {}
         for name, role in (("appr", "approver"), ("olga", "officer")):
-            body = {
-                "username": name,
-                "full_name": name,
-                "staff_number": name,
-                "unit": DEMO_UNIT,
-                "roles": [role],
-                "password": pw,
-            }
-            r = c.post("/api/v1/users", json=body, headers={"Authorization": f"Bearer {admin}"})
-            assert r.status_code == 201, r.text
-            ids[name] = r.json()["id"]
+            # An approver or officer waits for a second admin: filed on the command line, confirmed by the admin.
+            filed = subprocess.run(
+                [sys.executable, "-m", "nvr", "user", "create", "--username", name, "--name", name,
+                 "--staff-number", name, "--unit", DEMO_UNIT, "--role", role, "--password-stdin", "--json"],
+                env=env, input=pw + "\n", capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert filed.returncode == 0, filed.stderr
+            change = json.loads(filed.stdout)["change"]["id"]
+            r = c.post(f"/api/v1/user-changes/{change}/confirm", headers={"Authorization": f"Bearer {admin}"})
+            assert r.status_code == 200, r.text
+            ids[name] = r.json()["user_id"]
         tok = {n: c.post("/api/v1/auth/login", json={"username": n, "password": pw}).json()["token"] for n in ids}
         grant = {
             "user_id": ids["olga"], "cameras": ["demo-1"], "actions": ["playback"], "window": {"last_days": 1},

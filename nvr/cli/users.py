@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from nvr.cli.common import JsonOpt, audit_app, cli_actor, emit, read_password, runtime, user_app
+
+
+def _actor_and_now(rt: Any) -> tuple[Any, Any, int]:
+    from api import audit
+
+    return cli_actor(), audit.CLI, rt.clock.now_us()
+
+
+def _filed(view: dict[str, Any], as_json: bool, what: str) -> None:
+    """A change that waits: its id, and what the second admin does with it."""
+    emit(
+        {"pending": True, "change": view},
+        as_json,
+        f"change {view['id']} filed: {what} needs a second admin's confirmation "
+        f"(POST /api/v1/user-changes/{view['id']}/confirm by an admin other than the one who asked; "
+        f"it lapses after {view['expires']})",
+    )
 
 
 @user_app.command("create")
@@ -19,74 +36,166 @@ def user_create(
     password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a user. There is no default account: this makes the first admin."""
-    from api import audit, people
-    from api.routes.auth import user_view
+    """Create a user. There is no default account: with no active admin this makes the first admin at once
+    (bootstrap). Otherwise a user with admin, approver, officer or auditor is filed as a change that a second admin
+    confirms through the API; operators and viewers are made at once."""
+    from api import users
 
     rt = runtime()
     password = read_password(password_stdin)
+    actor, meta, now = _actor_and_now(rt)
     with rt.db.session() as s:
-        u = people.create_user(
+        done = users.create_user(
             s,
+            actor,
+            meta,
+            now,
             username=username,
             full_name=full_name,
             staff_number=staff_number,
             unit=unit,
             roles=role,
             password=password,
-            now_us=rt.clock.now_us(),
         )
-        audit.record(
-            s,
-            rt.clock.now_us(),
-            cli_actor(),
-            audit.CLI,
-            audit.Event("user.create", "ok", object_id=f"user:{u.id}", reason=f"roles={u.roles}"),
-        )
-        view = user_view(u)
-    emit(view, as_json, f"created user {u.username} (id {u.id}, roles {u.roles})")
+        change = users.change_view(s, done.change, now) if done.change is not None else None
+        view = users.user_view(done.user) if done.user is not None else None
+    if change is not None:
+        _filed(change, as_json, f"creating {username} ({', '.join(change['roles'] or [])})")
+        return
+    assert view is not None
+    emit(view, as_json, f"created user {view['username']} (id {view['id']}, roles {','.join(view['roles'])})")
 
 
 @user_app.command("list")
 def user_list(as_json: JsonOpt = False) -> None:
-    from sqlalchemy import select
-
-    from api.routes.auth import user_view
-    from nvr.models import User
+    """Every user with state, roles and unit."""
+    from api import users
 
     rt = runtime()
     with rt.db.session() as s:
-        users = [user_view(u) for u in s.scalars(select(User).order_by(User.id))]
-    human = [f"{u['id']:>4} {u['username']:<20} {u['state']:<9} {','.join(u['roles']):<24} {u['unit']}" for u in users]
-    emit({"users": users}, as_json, "\n".join(human) or "no users")
-
-
-def _user_state(username: str, state: str) -> None:
-    from api import audit, people
-
-    rt = runtime()
-    with rt.db.session() as s:
-        u = people.find_user(s, username)
-        people.set_state(s, u, state, rt.clock.now_us())
-        audit.record(
-            s,
-            rt.clock.now_us(),
-            cli_actor(),
-            audit.CLI,
-            audit.Event("user.update", "ok", object_id=f"user:{u.id}", reason=f"state={state}"),
-        )
-    typer.echo(f"user {username} is {state}")
+        views = [users.user_view(u) for u in users.list_users(s)]
+    human = [f"{u['id']:>4} {u['username']:<20} {u['state']:<9} {','.join(u['roles']):<24} {u['unit']}" for u in views]
+    emit({"users": views}, as_json, "\n".join(human) or "no users")
 
 
 @user_app.command("disable")
-def user_disable(username: str) -> None:
-    """Disable a user: their tokens and running streams stop at once."""
-    _user_state(username, "disabled")
+def user_disable(
+    username: str,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the audit trail).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Disable a user at once: their tokens and running streams stop. Never the last active admin."""
+    from api import people, users
+
+    rt = runtime()
+    actor, meta, now = _actor_and_now(rt)
+    with rt.db.session() as s:
+        u = users.disable_user(s, actor, meta, now, people.find_user(s, username).id, reason)
+        view = users.user_view(u)
+    emit(view, as_json, f"user {username} is disabled; every token it had is revoked")
 
 
 @user_app.command("enable")
-def user_enable(username: str) -> None:
-    _user_state(username, "active")
+def user_enable(
+    username: str,
+    reason: Annotated[str | None, typer.Option(help="Why (kept with the change).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """File re-enabling a disabled user (a second admin confirms it through the API). With no active admin at all,
+    an admin is re-enabled at once (break-glass). No token from before comes back either way."""
+    from api import people, users
+
+    rt = runtime()
+    actor, meta, now = _actor_and_now(rt)
+    with rt.db.session() as s:
+        done = users.enable_user(s, actor, meta, now, people.find_user(s, username).id, reason)
+        change = users.change_view(s, done.change, now) if done.change is not None else None
+        view = users.user_view(done.user) if done.user is not None else None
+    if change is not None:
+        _filed(change, as_json, f"re-enabling {username}")
+        return
+    emit(view, as_json, f"user {username} is active again (no active admin: break-glass); log in anew")
+
+
+@user_app.command("roles")
+def user_roles(
+    username: str,
+    role: Annotated[list[str], typer.Option("--role", help="The user's roles from now on; repeat.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a user's roles. Removed roles (and an added operator or viewer) take effect at once; an added admin,
+    approver, officer or auditor is filed as a change for a second admin."""
+    from api import people, users
+
+    rt = runtime()
+    actor, meta, now = _actor_and_now(rt)
+    with rt.db.session() as s:
+        done = users.change_roles(s, actor, meta, now, people.find_user(s, username).id, role)
+        change = users.change_view(s, done.change, now) if done.change is not None else None
+        assert done.user is not None
+        view = users.user_view(done.user)
+    if change is not None:
+        _filed(
+            change,
+            as_json,
+            f"adding {', '.join(change['roles'] or [])} to {username} (now {','.join(view['roles']) or 'no role'})",
+        )
+        return
+    emit(view, as_json, f"user {username} has roles {','.join(view['roles']) or '(none)'}")
+
+
+@user_app.command("password")
+def user_password(
+    username: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a user's password: filed as a change for a second admin, except for the only active admin, whose lost
+    password is reset at once (break-glass). Either way the user's tokens end when it takes effect."""
+    from api import people, users
+
+    rt = runtime()
+    password = read_password(password_stdin)
+    actor, meta, now = _actor_and_now(rt)
+    with rt.db.session() as s:
+        done = users.reset_password(s, actor, meta, now, people.find_user(s, username).id, password)
+        change = users.change_view(s, done.change, now) if done.change is not None else None
+    if change is not None:
+        _filed(change, as_json, f"a new password for {username}")
+        return
+    emit({"pending": False, "username": username}, as_json, f"password of {username} set (break-glass); tokens revoked")
+
+
+@user_app.command("changes")
+def user_changes(
+    state: Annotated[
+        str | None, typer.Option(help="pending | expired | confirmed | rejected | cancelled (default: all).")
+    ] = None,
+    cancel: Annotated[
+        int | None, typer.Option("--cancel", help="Withdraw this pending change (one filed on the command line).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Changes to users that wait for (or had) a second admin. Confirming or rejecting one is an API action of an
+    admin other than the requester: the command line files and withdraws, it never confirms."""
+    from api import users
+
+    rt = runtime()
+    actor, meta, now = _actor_and_now(rt)
+    with rt.db.session() as s:
+        if cancel is not None:
+            ch = users.cancel_change(s, actor, meta, now, cancel)
+            view = users.change_view(s, ch, now)
+        else:
+            views = [users.change_view(s, ch, now) for ch in users.list_changes(s, actor, now, state)]
+    if cancel is not None:
+        emit(view, as_json, f"change {view['id']} cancelled ({view['summary']})")
+        return
+    human = [
+        f"{c['id']:>4} {c['state']:<10} {c['summary']:<48} by {c['requested_by_name']} at {c['requested']}"
+        for c in views
+    ]
+    emit({"changes": views}, as_json, "\n".join(human) or "no user changes")
 
 
 @audit_app.command("verify")

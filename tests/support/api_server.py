@@ -59,8 +59,11 @@ def running_api(rt: Runtime, clock: Clock, apps: list[FastAPI] | None = None) ->
         thread.join(timeout=10)
 
 
-def make_user(rt: Runtime, clock: Clock, username: str, roles: list[str], unit: str = "Unit A") -> tuple[int, str]:
-    """A user written directly (creating users through the API and CLI is tested on its own); (id, token)."""
+def make_user(
+    rt: Runtime, clock: Clock, username: str, roles: list[str], unit: str = "Unit A", *, auth_source: str = "local"
+) -> tuple[int, str]:
+    """A user written directly (creating users through the API and CLI is tested on its own); (id, token).
+    ``auth_source="oidc"``: an identity-provider account, with no local password."""
     now = clock.now_us()
     with rt.db.session() as s:
         u = User(
@@ -70,7 +73,9 @@ def make_user(rt: Runtime, clock: Clock, username: str, roles: list[str], unit: 
             unit=unit,
             roles=validate_roles(roles),
             state="active",
-            password_hash=password_hash(),
+            password_hash=password_hash() if auth_source == "local" else "",
+            auth_source=auth_source,
+            oidc_subject=None if auth_source == "local" else f"https://idp.test|{username}",
             created_us=now,
             updated_us=now,
         )
