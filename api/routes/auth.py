@@ -7,28 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
-from api import audit, people
+from api import audit, people, throttle, users
 from api.context import Ctx, anonymous, requires
 from api.routes.schemas import LoginBody, PasswordBody, TokenBody
+from api.routes.users import MeOut, TokenCreated, TokenList
+from api.users import user_view
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import Token
 
 router = APIRouter(tags=["auth"])
-
-
-def user_view(u: Any) -> dict[str, Any]:
-    return {
-        "id": u.id,
-        "username": u.username,
-        "full_name": u.full_name,
-        "staff_number": u.staff_number,
-        "unit": u.unit,
-        "roles": u.roles.split(","),
-        "state": u.state,
-        "created": iso(u.created_us),
-        "updated": iso(u.updated_us),
-    }
 
 
 def token_view(t: Token) -> dict[str, Any]:
@@ -44,16 +32,18 @@ def token_view(t: Token) -> dict[str, Any]:
 
 @router.post("/auth/login", status_code=201)
 def login(body: LoginBody, ctx: Annotated[Ctx, Depends(anonymous("auth.login"))]) -> dict[str, Any]:
-    """Exchange a user name and password for a session token (``Authorization: Bearer <token>``)."""
+    """Exchange a user name and password for a session token (``Authorization: Bearer <token>``). Throttled per
+    account and per client address (api.throttle): 429 ``login_locked`` with ``Retry-After``."""
     ctx.hint(object_id=f"username:{body.username[:64]}")
-    now = ctx.now_us
-    with ctx.db.session() as s:
-        u, t, secret = people.login(
-            s, body.username, body.password, now_us=now, session_us=int(ctx.settings.session_hours * 3600e6)
+    try:
+        u, t, secret = throttle.login(
+            ctx.db, ctx.settings, body.username, body.password, meta=ctx.meta, now_us=ctx.now_us
         )
-        audit.record(
-            s, now, people.user_actor(u), ctx.meta, audit.Event("auth.login", "allowed", object_id=f"token:{t.id}")
-        )
+    except throttle.LoginLocked:
+        raise  # counted and summarised with the other anonymous refusals (api.denials)
+    except NvrError:
+        ctx.hint(audit_each=True)  # a refused password check: one denial event each (the throttle bounds them)
+        raise
     return {"token": secret, "token_type": "bearer", "expires": iso(t.expires_us), "user": user_view(u)}
 
 
@@ -68,7 +58,7 @@ def logout(ctx: Annotated[Ctx, Depends(requires("auth.logout"))]) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/me")
+@router.get("/me", response_model=MeOut)
 def me(ctx: Annotated[Ctx, Depends(requires("auth.me"))]) -> dict[str, Any]:
     with ctx.db.session() as s:
         u = people.get_user(s, ctx.me.user_id)
@@ -77,22 +67,20 @@ def me(ctx: Annotated[Ctx, Depends(requires("auth.me"))]) -> dict[str, Any]:
 
 @router.post("/me/password", status_code=204)
 def change_password(body: PasswordBody, ctx: Annotated[Ctx, Depends(requires("user.password"))]) -> Response:
+    """Change your own password, knowing the current one; refused for identity-provider accounts (409
+    ``password_not_local``)."""
     with ctx.db.session() as s:
-        u = people.get_user(s, ctx.me.user_id)
-        if not people.password_matches(u, body.current_password):
-            raise NvrError(Kind.PERMISSION_DENIED, "password_wrong", "the current password is wrong")
-        people.set_password(s, u, body.new_password, ctx.now_us)
-        ctx.record(s, audit.Event("user.password", "ok", object_id=f"user:{u.id}"))
+        users.change_own_password(s, ctx.me, ctx.meta, ctx.now_us, body.current_password, body.new_password)
     return Response(status_code=204)
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model=TokenList)
 def list_tokens(ctx: Annotated[Ctx, Depends(requires("token.list"))]) -> dict[str, Any]:
     with ctx.db.session() as s:
         return {"tokens": [token_view(t) for t in people.list_tokens(s, ctx.me.user_id)]}
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, response_model=TokenCreated)
 def create_token(body: TokenBody, ctx: Annotated[Ctx, Depends(requires("token.create"))]) -> dict[str, Any]:
     """A personal API token for scripts. The secret is shown once, here."""
     days = min(body.expires_in_days, ctx.settings.personal_token_max_days)

@@ -92,7 +92,8 @@ def test_the_last_admin_cannot_be_disabled(api) -> None:
 
 def test_weak_passwords_and_bad_roles_are_refused(api) -> None:
     api.user("root", ["admin"])
-    base = {"username": "bob", "full_name": "Bob B", "staff_number": "77", "unit": "Unit A", "roles": ["officer"]}
+    # An operator: an officer would wait for a second admin (tests/api/test_users.py).
+    base = {"username": "bob", "full_name": "Bob B", "staff_number": "77", "unit": "Unit A", "roles": ["operator"]}
     with api.client("root") as c:
         r = c.post("/api/v1/users", json={**base, "password": "short"})
         assert (r.status_code, r.json()["error"]["code"]) == (422, "password_weak")
