@@ -13,16 +13,16 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import audit
+from api import alerts, audit, denials
 from api.context import Services, request_hint, request_id, request_meta
-from nvr.clock import parse_iso
+from nvr.clock import parse_iso, sane
 from nvr.errors import Kind, NvrError
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (409, "In conflict with the current state."),
         (413, "The request body is too large."),
         (422, "The request is not valid."),
-        (429, "Too many concurrent streams."),
+        (429, "A quota is used up: concurrent streams, downloads, login attempts, refused requests."),
         (503, "Temporarily unavailable."),
     )
 }
@@ -141,13 +141,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     runner = ExportRunner(app.state.services)
     runner.start()
     app.state.export_runner = runner
+    housekeeping = denials.Housekeeping(app.state.services)  # denial summaries (api.denials)
+    housekeeping.start()
+    app.state.denial_housekeeping = housekeeping
     try:
         yield
     finally:
         await run_in_threadpool(runner.stop)
+        await run_in_threadpool(housekeeping.close)
 
 
 def create_app(services: Services) -> FastAPI:
+    from api.routes import alerts as alert_routes
     from api.routes import audit as audit_routes
     from api.routes import (
         auth,
@@ -158,11 +163,14 @@ def create_app(services: Services) -> FastAPI:
         grants,
         holds,
         integrity,
+        locks,
         policies,
         requests,
         system,
         users,
     )
+    from api.routes import oidc as oidc_routes
+    from api.routes.schemas import refuse_bad_text
 
     app = FastAPI(
         title="NVR archive API",
@@ -174,13 +182,15 @@ def create_app(services: Services) -> FastAPI:
         redoc_url=None,
         responses=ERROR_RESPONSES,
         lifespan=_lifespan,
+        dependencies=[Depends(refuse_bad_text)],  # no NUL or lone surrogate in any path or query (api.routes.schemas)
     )
     app.state.services = services
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
     for module in (auth, users, cameras, grants, requests, footage, audit_routes, policies, holds, capacity, system):
         app.include_router(module.router, prefix=PREFIX)
-    for module in (exports, integrity):
+    for module in (exports, integrity, alert_routes, oidc_routes):
         app.include_router(module.router, prefix=PREFIX)
+    app.include_router(locks.router, prefix=PREFIX)
 
     @app.middleware("http")
     async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -194,7 +204,8 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(NvrError)
     async def _nvr_error(request: Request, exc: NvrError) -> JSONResponse:
-        return await _refuse(request, STATUS.get(exc.kind, 400), exc.code, exc.message)
+        retry_after = getattr(exc, "retry_after_s", None)  # api.throttle.LoginLocked
+        return await _refuse(request, STATUS.get(exc.kind, 400), exc.code, exc.message, retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -223,26 +234,35 @@ def create_app(services: Services) -> FastAPI:
     return app
 
 
-def _best_effort_time(text: str | None) -> int | None:
-    if not text:
-        return None
-    try:
-        value = parse_iso(text)
-    except NvrError:
-        return None
-    return value if abs(value) < 10**17 else None
+def _best_effort_time(value: object) -> int | None:
+    """A denial's window as far as it is a sane time (nvr.clock's range), else None: a refused request must never
+    store a value that a later read of the trail could choke on."""
+    if isinstance(value, str) and value:
+        try:
+            return parse_iso(value)
+        except NvrError:
+            return None
+    return sane(value)
 
 
-async def _refuse(request: Request, status: int, code: str, message: str) -> JSONResponse:
+async def _refuse(
+    request: Request, status: int, code: str, message: str, retry_after_s: int | None = None
+) -> JSONResponse:
     from starlette.concurrency import run_in_threadpool
 
     if (request.url.path.startswith(PREFIX) and status != 404) or getattr(request.state, "audit_hint", None):
         try:
-            await run_in_threadpool(_record_denial, request, status, code)
+            verdict = await run_in_threadpool(_record_denial, request, status, code)
         except Exception:
             # The answer still goes out; the failure to audit is loud in the log.
             log.exception("could not write the audit event for a refused request (%s)", code)
+            verdict = None
+        if verdict is not None and verdict.rate_limited:  # api.denials: too many refusals from this address
+            status, code, retry_after_s = 429, "rate_limited", verdict.retry_after_s
+            message = f"too many refused requests from this address; try again in {retry_after_s} s"
     headers = {"X-Request-Id": request_id(request)}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     if status == 401:  # RFC 6750: no error attribute when no credentials came
         headers["WWW-Authenticate"] = (
             'Bearer realm="nvr"'
@@ -252,23 +272,30 @@ async def _refuse(request: Request, status: int, code: str, message: str) -> JSO
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
-def _record_denial(request: Request, status: int, code: str) -> None:
+def _record_denial(request: Request, status: int, code: str) -> denials.Verdict | None:
+    """The denial event; a 4xx of a request without a valid credential is counted by api.denials instead (its own
+    event only if it is the first of its bucket) unless the route asked for one event each (``audit_each``)."""
     services: Services = request.app.state.services
     hint = request_hint(request)
     principal = getattr(request.state, "principal", None)
     q = request.query_params
     ev = audit.Event(
-        action=str(hint.get("action") or f"{request.method.lower()} {request.url.path[:120]}"),
+        action=str(hint.get("action") or f"{request.method.lower()} {request.url.path}")[:64],  # the column's width
         outcome="failed" if status >= 500 else "denied",
         camera_id=hint.get("camera_id"),
-        window_start_us=hint.get("window_start_us", _best_effort_time(q.get("start"))),
-        window_end_us=hint.get("window_end_us", _best_effort_time(q.get("end"))),
+        window_start_us=_best_effort_time(hint.get("window_start_us", q.get("start"))),
+        window_end_us=_best_effort_time(hint.get("window_end_us", q.get("end"))),
         object_id=hint.get("object_id"),
         purpose=hint.get("purpose", q.get("purpose")),
         case_ref=hint.get("case_ref"),
         destination=hint.get("destination"),
         reason=code,
     )
-    actor = principal.actor if principal is not None else audit.ANONYMOUS
+    # A user refused at authentication (roles edited into a forbidden combination) is named, one event each.
+    named: audit.Actor | None = principal.actor if principal is not None else hint.get("denial_actor")
+    actor = named if named is not None else audit.ANONYMOUS
     with services.db.session() as s:
-        audit.record(s, services.clock.now_us(), actor, request_meta(request), ev)
+        if named is None and 400 <= status < 500 and not hint.get("audit_each"):
+            return denials.refused(s, services.settings, services.now_us(), request_meta(request), ev)
+        alerts.record(s, services.settings, services.now_us(), actor, request_meta(request), ev)  # api.alerts
+    return None

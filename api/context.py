@@ -9,8 +9,8 @@ from typing import Any
 
 from fastapi import Request
 
-from api import audit
-from api.people import Principal, authenticate
+from api import alerts, audit, oidc
+from api.people import Principal, RoleConflictRefused, authenticate
 from integrity import trusted_time
 from nvr.clock import Clock
 from nvr.config import Settings
@@ -71,7 +71,8 @@ class Ctx:
         request_hint(self.request).update(fields)
 
     def record(self, s: Any, ev: audit.Event) -> int:
-        return audit.record(s, self.now_us, self.actor, self.meta, ev)
+        # Through api.alerts: a user's retrievals and refusals meet the abnormal-use rules in this transaction.
+        return alerts.record(s, self.settings, self.now_us, self.actor, self.meta, ev)
 
 
 def request_id(request: Request) -> str:
@@ -120,9 +121,21 @@ def authenticated(request: Request, action: str, capability: str | None = None) 
     camera_id = request.path_params.get("camera_id")
     if isinstance(camera_id, str):
         hint.setdefault("camera_id", camera_id[:64])
-    with svc.db.session() as s:
-        principal = authenticate(s, bearer(request), svc.now_us())
+    meta = request_meta(request)
+    secret = oidc.session_cookie(request) or bearer(request)  # the header, else the browser's session cookie
+    if oidc.is_jwt(secret):  # an identity provider's access token (api.oidc)
+        principal, due = oidc.authenticate_jwt(svc, secret, meta)
+    else:
+        now = svc.now_us()
+        with svc.db.session() as s:
+            try:
+                principal = authenticate(s, secret, now)
+            except RoleConflictRefused as exc:
+                hint["denial_actor"] = exc.actor  # the denial names the user (api.app._record_denial)
+                raise
+            due = oidc.liveness_due(s, svc.settings, principal.user_id, now)
     request.state.principal = principal
+    oidc.check_liveness(svc, due, meta)  # an identity-provider account: does the provider still vouch for it?
     if capability is not None and not principal.can(capability):
         raise NvrError(Kind.PERMISSION_DENIED, "role_forbidden", "your roles do not allow this")
     return Ctx(svc, request, principal)

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -40,10 +41,21 @@ from nvr.models import Token, User
 _hasher = PasswordHasher()
 
 
+_DUMMY_LOCK = threading.Lock()
+
+
 # Verified against when the user does not exist, so an unknown name costs as much as a wrong password.
 @functools.cache
 def _dummy_hash() -> str:
-    return _hasher.hash(secrets.token_hex(16))  # made on first use: importing this module costs no hash
+    # Made on first use (importing this module costs no hash), once: a burst of parallel logins for unknown names
+    # would otherwise hash it once per thread.
+    with _DUMMY_LOCK:
+        return _dummy_hash_once()
+
+
+@functools.cache
+def _dummy_hash_once() -> str:
+    return _hasher.hash(secrets.token_hex(16))
 
 
 USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

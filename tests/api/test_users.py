@@ -273,7 +273,10 @@ def test_a_hand_edited_role_conflict_is_refused_at_authentication(admins) -> Non
         r = c.get("/api/v1/me")
         assert (r.status_code, r.json()["error"]["code"]) == (403, "role_conflict")
         assert c.get("/api/v1/users").status_code == 403
-    assert [e.reason for e in _events(api, "auth.me", "denied")] == ["role_conflict"]
+    denied = _events(api, "auth.me", "denied")
+    assert [e.reason for e in denied] == ["role_conflict"]
+    assert denied[0].actor_id == api.ids["root"], "the refusal names the user whose row was edited"
+    assert len(_events(api, "user.list", "denied")) == 1, "one event each, never folded into the anonymous tally"
 
 
 # --- the last admin ---------------------------------------------------------------------------------------------
