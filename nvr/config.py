@@ -22,6 +22,26 @@ ENV_PREFIX = "NVR_"
 CONFIG_ENV = "NVR_CONFIG"
 
 
+# The abnormal-use rules (api.alerts), by the names alert_suspend_rules and the alerts use.
+ALERT_RULES = (
+    "footage_volume",
+    "camera_spread",
+    "repeated_denials",
+    "many_destinations",
+    "off_hours",
+    "unusual_cameras",
+)
+
+
+def parse_off_hours(text: str) -> tuple[int, int] | None:
+    """``"22-06"`` -> (22, 6); None when it is not two different whole hours 0-23."""
+    m = re.fullmatch(r"\s*(\d{1,2})\s*-\s*(\d{1,2})\s*", text)
+    if m is None:
+        return None
+    start, end = int(m.group(1)), int(m.group(2))
+    return (start, end) if start < 24 and end < 24 and start != end else None
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "nvr"
@@ -143,10 +163,13 @@ class Settings(BaseSettings):
     """Provider group (claim value) -> local role, e.g. {"nvr-officers": "officer"}. Unmapped groups give nothing."""
     oidc_recheck_seconds: float = Field(default=0.0, ge=0, le=3600)
     """How long an identity-provider account's liveness check is trusted; 0 checks it on every request."""
+    oidc_access_token_types: list[str] = Field(default_factory=lambda: ["at+jwt", "application/at+jwt"])
+    """``typ`` header values a script's JWT access token must carry (RFC 9068); empty accepts any (for providers
+    that send ``JWT``), leaving the audience alone to keep other tokens out."""
 
     # --- abnormal-use detection (api.alerts) ------------------------------------------------------------------
-    alert_footage_hours_per_hour: float = Field(default=8.0, gt=0, le=100_000)
-    """Hours of footage one user may retrieve (play, export, download) in any hour before an alert."""
+    alert_footage_hours_per_hour: float = Field(default=24.0, gt=0, le=100_000)
+    """Hours of footage one user may retrieve (play, live, download) in any hour before an alert."""
     alert_cameras_per_hour: int = Field(default=20, ge=1, le=100_000)
     """Distinct cameras one user may reach in any hour before an alert."""
     alert_denials_per_hour: int = Field(default=10, ge=1, le=100_000)
@@ -195,6 +218,33 @@ class Settings(BaseSettings):
     def _even(cls, value: int) -> int:
         if value % 2:
             raise ValueError("must be even (H.264 4:2:0 frames have even sizes)")
+        return value
+
+    @field_validator("alert_off_hours")
+    @classmethod
+    def _off_hours(cls, value: str) -> str:
+        value = value.strip()
+        if value and parse_off_hours(value) is None:
+            raise ValueError("must be 'start-end' in whole local hours 0-23, start and end different, e.g. '22-06'")
+        return value
+
+    @field_validator("alert_suspend_rules")
+    @classmethod
+    def _suspend_rules(cls, value: list[str]) -> list[str]:
+        unknown = [r for r in value if r not in ALERT_RULES]
+        if unknown:
+            raise ValueError(f"unknown rule(s) {', '.join(unknown)}; the rules are {', '.join(ALERT_RULES)}")
+        return value
+
+    @field_validator("site_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. 'Europe/Berlin')") from exc
         return value
 
     @model_validator(mode="after")

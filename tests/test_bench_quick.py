@@ -1,8 +1,10 @@
 """Benchmarks keep a quick mode that the suite runs, so a benchmark cannot silently break. Each run asserts its own
-result (bench/verify.py --quick: a clean verify of its catalogue and the detection of one altered row)."""
+result (bench/verify.py --quick: a clean verify of its catalogue and the detection of one altered row; bench/access.py
+--quick: the rules raise an alert and suspend the grant)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,3 +21,22 @@ def test_bench_verify_quick(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+def test_bench_access_quick(tmp_path: Path) -> None:
+    """bench/access.py --quick: grant check + audit write with and without the abnormal-use rules, every phase
+    measured, and its own check that the rules raise an alert and suspend the grant (it exits non-zero if not)."""
+    out_dir = tmp_path / "bench"
+    args = [sys.executable, str(ROOT / "bench" / "access.py"), "--quick", "--data-dir", str(out_dir)]
+    pg = os.environ.get("TEST_DATABASE_URL")
+    kind = "postgresql" if pg else "sqlite"
+    if pg:
+        args += ["--db", "postgresql", "--pg-admin-url", pg, "--pg-database", f"nvr_bqa_{os.getpid()}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    result = json.loads((out_dir / f"access-{kind}.json").read_text())
+    assert set(result["figures_ms"]) == {"typical", "worst", "denial"}
+    typical = result["figures_ms"]["typical"]
+    assert typical["grant_audit"]["n"] == typical["grant_audit_rules"]["n"] == result["params"]["requests"]
+    assert result["check"].startswith("camera_spread raised")

@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from api import audit
+from api import alerts, audit
 from api.context import Ctx, anonymous, requires
+from api.routes.capacity import camera_scope
 from integrity import trusted_time
 from integrity.scrubber import metric_families
 from integrity.trusted_time import ClockStatus
@@ -41,13 +42,25 @@ def alarms_now(ctx: Ctx) -> StorageAlarms:
         return storage_alarms(s, ctx.settings, ctx.db.database_id(), ctx.now_us, clock)
 
 
+def alerts_open(ctx: Ctx) -> dict[str, int]:
+    """Open abnormal-use alerts per rule (api.alerts)."""
+    with ctx.db.session() as s:
+        return alerts.open_counts(s)
+
+
+def alert_codes(by_rule: dict[str, int]) -> list[str]:
+    """``abnormal_use`` while any alert is open; how many, and of which rule, only for monitors."""
+    return ["abnormal_use"] if any(by_rule.values()) else []
+
+
 @router.get("/health")
 def health(ctx: Annotated[Ctx, Depends(anonymous("health"))]) -> dict[str, Any]:
     """Liveness for load balancers and a first look for people: no login, not audited. ``status`` is ``ok`` or
     ``degraded``, with the alarm codes (``storage_full``, ``volume_critical``, ``volume_unavailable``,
-    ``integrity_mismatch``, ``checkpoints_stale``, ``clock_untrusted``); which cameras and volumes are affected, and
-    how far the clock is ahead, is at ``GET /system/health``."""
-    codes = alarms_now(ctx).codes
+    ``integrity_mismatch``, ``checkpoints_stale``, ``clock_untrusted``, ``abnormal_use``: an abnormal-use alert is
+    open); which cameras and volumes are affected, how far the clock is ahead and how many alerts of which rule are
+    open is at ``GET /system/health``."""
+    codes = alarms_now(ctx).codes + alert_codes(alerts_open(ctx))
     return {"status": "degraded" if codes else "ok", "alarms": codes}
 
 
@@ -58,9 +71,12 @@ def system_health(ctx: Annotated[Ctx, Depends(requires("system.health", "system.
     ``clock`` is the trusted time (``clock_untrusted``: the wall clock is ``ahead_seconds`` ahead of it, beyond the
     tolerance, and retention deletes nothing)."""
     found = alarms_now(ctx)
+    by_rule = alerts_open(ctx)
+    codes = found.codes + alert_codes(by_rule)
     with ctx.db.session() as s:
-        ctx.record(s, audit.Event("system.health", "allowed", reason=",".join(found.codes) or "ok"))
-    return {"status": "degraded" if found.codes else "ok", **found.as_dict()}
+        ctx.record(s, audit.Event("system.health", "allowed", reason=",".join(codes) or "ok"))
+    alert_counts = {"open": sum(by_rule.values()), "by_rule": by_rule}
+    return {"status": "degraded" if codes else "ok", **found.as_dict(), "alarms": codes, "alerts": alert_counts}
 
 
 class _Collector:
@@ -76,6 +92,7 @@ class _Collector:
         with ctx.db.session() as s:
             found = storage_alarms(s, ctx.settings, ctx.db.database_id(), now, clock)
             integrity = metric_families(s)
+            open_alerts = alerts.open_counts(s)
             states = dict(
                 s.execute(
                     select(RecorderState.camera_id, RecorderState.state)
@@ -91,6 +108,11 @@ class _Collector:
                     .group_by(Segment.camera_id)
                 ).all()
             )
+            # Per-camera labels follow the camera listing's visibility (api.routes.capacity.camera_scope).
+            scope = camera_scope(s, ctx.me, now)
+            if scope is not None:
+                active = [c for c in active if c in scope]
+                stored = {c: n for c, n in stored.items() if c in scope}
         full = GaugeMetricFamily(
             "nvr_storage_full", "1 when recording of the camera stopped because no volume had room", labels=["camera"]
         )
@@ -135,6 +157,10 @@ class _Collector:
             value=clock.ahead_seconds,
         )
         yield from integrity
+        alert_gauge = GaugeMetricFamily("nvr_alerts_open", "Open abnormal-use alerts per rule", labels=["rule"])
+        for rule, n in open_alerts.items():
+            alert_gauge.add_metric([rule], float(n))
+        yield alert_gauge
 
 
 @router.get(

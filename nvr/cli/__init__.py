@@ -9,6 +9,7 @@ event; the CLI's actor is ``cli:<os user>``.
 """
 
 from nvr.cli import (  # noqa: F401  (each registers its commands)
+    alerts,
     backup,
     cameras,
     capacity,
@@ -17,6 +18,7 @@ from nvr.cli import (  # noqa: F401  (each registers its commands)
     holds,
     integrity,
     keys,
+    locks,
     policies,
     serve,
     sweep,

@@ -115,6 +115,9 @@ def _schemathesis(
 
 def test_no_server_error_and_only_documented_responses(api) -> None:
     now = api.clock.now_us()
+    # Thousands of generated requests, most of them refused, are exactly what the abnormal-use rules catch: they
+    # still raise alerts here, but suspend nothing, so every pass keeps reaching the footage routes behind them.
+    api.rt.settings.alert_suspend_rules = []
     t0 = api.camera("cam-1", segments=3)[0]
     api.camera("cam-2")
     # An admin may not also be approver or auditor (api.roles.ADMIN_EXCLUDES): grant issuing and the audit trail
