@@ -22,8 +22,8 @@ Measurement, in this process, one session per request as the API makes it (``wit
 the two variants interleaved request by request (their order alternating), after ``--warmup`` discarded pairs:
 
 * ``grant_audit``: ``grants.authorize(...)`` + ``audit.record(...)`` + commit: the issue's figure, no rules.
-* ``grant_audit_rules``: ``grants.authorize(...)`` + ``alerts.record(...)`` (lock the user's row, read their open
-  alerts and their retrievals of the last hour, judge every rule, then ``audit.record``) + commit, with the
+* ``grant_audit_rules``: ``grants.authorize(...)`` + ``alerts.record(...)`` (``audit.record``, then one statement
+  reading the user's open alerts and the measures of their last hour, and every rule judged) + commit, with the
   default rule settings. ``rules_added`` is the difference of the two p50s (also the median of the paired
   differences).
 * ``typical``: 5-minute windows on ``--usual`` (8) cameras, a request every ``--gap-seconds`` (30 s): the user's last
@@ -32,6 +32,8 @@ the two variants interleaved request by request (their order alternating), after
   camera's first of the hour while the hour already holds more than ``alert_unusual_cameras_per_hour`` cameras:
   the unusual-camera probe (a look into the user's 30 days) runs on every request. ``alert_cameras_per_hour`` is
   raised to 10,000 for this phase, or ``camera_spread`` would suspend the grant after 20 cameras.
+* ``judge_only`` (typical state): ``alerts._judge`` alone, timed inside the transaction right after the event's
+  append, as ``alerts.record`` runs it: the rules' statements and Python, without the commit.
 * ``denial``: a refused request's event, ``audit.record`` against ``alerts.record`` (the ``repeated_denials``
   count); ``alert_denials_per_hour`` raised to 10,000 so that the count is made every time rather than skipped
   once an alert is open.
@@ -412,6 +414,30 @@ def measure(url: str, args: argparse.Namespace, built: dict[str, Any], clock: An
                 raise SystemExit(f"{phase}: the rules fired ({opened}); the phase would not measure what it says")
         figures = phases
 
+        # The judgement alone (alerts._judge: the statements of the rules and their Python), inside the
+        # transaction right after the event's append, as alerts.record runs it; commit excluded.
+        clock.advance((next_nine(clock.now_us()) - clock.now_us()) / US)
+        judge_ms: list[float] = []
+        for i in range(args.warmup + args.requests):
+            cam = rng.choice(usual)
+            w0, w1 = window()
+            with db.session() as s:
+                now = clock.now_us()
+                g = grants.authorize(s, principal, cam, "playback", w0, w1, now)
+                ev = audit.Event(
+                    "playback.start", "allowed", camera_id=cam, window_start_us=w0, window_end_us=w1,
+                    object_id=f"grant:{g.id}", purpose=PURPOSE, case_ref=g.case_ref, reason="bench",
+                )  # fmt: skip
+                audit.record(s, now, actor, audit.RequestMeta("10.0.0.7", "bench/access", uuid.uuid4().hex), ev)
+                t0 = time.perf_counter()
+                later = alerts._judge(s, defaults, now, actor, ev)
+                if i >= args.warmup:
+                    judge_ms.append((time.perf_counter() - t0) * 1000)
+            if later:
+                raise SystemExit(f"judge: the rules fired ({later[0].reason})")
+            clock.advance(args.gap_seconds)
+        figures["typical"]["judge_only"] = summary("judge_only", judge_ms)
+
         # Not vacuous: the same path raises an alert and suspends the grant.
         tight = defaults.model_copy(update={"alert_cameras_per_hour": 2})
         clock.advance(2 * 3600)
@@ -467,7 +493,9 @@ def table(result: dict[str, Any]) -> str:
         for name, f in figs.items():
             goal = ", ".join(f"{k} ≤ {v:g}" for k, v in f.get("goal_ms", {}).items()) or "-"
             met = {True: "yes", False: "**no**"}.get(f.get("pass"), "-")  # type: ignore[arg-type]
-            if name == "rules_added":
+            if name == "judge_only":
+                cells = f"{f['n']} | {f['p50']:.3f} | {f['p90']:.3f} | {f['p99']:.3f} | {f['max']:.3f} | -"
+            elif name == "rules_added":
                 cells = f"- | {f['p50']:.3f} (paired median {f['paired_median']:.3f}) | - | - | - | {f['cpu_p50']:.3f}"
             else:
                 cells = (

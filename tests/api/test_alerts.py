@@ -556,3 +556,51 @@ def test_footage_volume_counts_overlapping_windows_once(api: Api) -> None:
     assert _play(api, "olga", "cam-b", s0, s0 + SEC) == (200, None)  # 13 s
     (alert,) = _alerts(api)
     assert alert.rule == "footage_volume" and alert.detail.startswith("0:00:13")
+
+
+def test_a_suspension_never_deadlocks_against_a_grant_changed_by_hand(api: Api) -> None:
+    """A person changing a grant locks it, then appends the audit event; a judgement holds the audit head, then
+    suspends the grants. Crossed, they would deadlock (PostgreSQL aborts one after a second: a 500). The judgement
+    waits briefly for a locked grant, then leaves it to the sweep of the user's next request."""
+    from sqlalchemy import update
+
+    from api import alerts, audit, people
+
+    _quiet(api, alert_denials_per_hour=1)
+    gid = _world(api)["grant"]["id"]
+    settings, db, now = api.rt.settings, api.rt.db, api.clock.now_us()
+    with db.session() as s:
+        olga = people.user_actor(people.get_user(s, api.ids["olga"]))
+        boss = people.user_actor(people.get_user(s, api.ids["boss"]))
+    meta = audit.RequestMeta("10.0.0.9", "test", "r")
+
+    def refused() -> None:
+        with db.session() as s:
+            alerts.record(s, settings, now, olga, meta, audit.Event("playback.start", "denied", reason="x"))
+
+    refused()
+    errors: list[BaseException] = []
+
+    def judge() -> None:
+        try:
+            refused()  # the second refusal: repeated_denials fires and suspends
+        except BaseException as exc:
+            errors.append(exc)
+
+    by_hand = db._sessions()
+    try:
+        by_hand.execute(update(Grant).where(Grant.id == gid).values(updated_us=Grant.updated_us))  # the grant's lock
+        worker = threading.Thread(target=judge)
+        worker.start()
+        time.sleep(0.5)  # PostgreSQL: the judgement holds the audit head and waits for the grant
+        audit.record(by_hand, now, boss, meta, audit.Event("grant.suspend", "ok", object_id=f"grant:{gid}"))
+        by_hand.commit()
+    finally:
+        by_hand.close()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and errors == []
+    (alert,) = _alerts(api)
+    assert alert.rule == "repeated_denials"
+    refused()  # the user's next request: whatever was left active is swept into the open alert
+    assert _grant_state(api, gid) == ("suspended", f"alert:{alert.id} repeated_denials")
+    assert _alerts(api)[0].suspended_grants == str(gid)
