@@ -452,7 +452,8 @@ def test_parallel_refusals_raise_one_alert(api: Api) -> None:
 
 def test_parallel_retrievals_cannot_slip_under_a_limit(api: Api) -> None:
     """Each request is judged after all the user's earlier ones: parallel requests are counted one by one, so the
-    fourth camera trips the rule whatever the timing, and none after the suspension is served."""
+    fourth camera trips the rule whatever the timing. Requests whose grant check had passed may finish; the others,
+    and the next one, are refused."""
     cams = [f"cam-{i}" for i in range(8)]
     _quiet(api, alert_cameras_per_hour=3)
     s0 = _world(api, cams=cams, max_streams=16)["s0"]
