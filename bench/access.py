@@ -77,6 +77,8 @@ from catalogue import (  # noqa: E402
     write_result,
 )
 
+from integrity.audit_chain import HASHED_FIELDS  # noqa: E402
+
 US = 1_000_000
 HOUR_US = 3600 * US
 DAY_US = 86_400 * US
@@ -85,28 +87,7 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PURPOSE = "benchmark: access check"
 GOALS = {"grant_audit_rules": {"p50": 2.0}, "rules_added": {"p50": 0.5}}
 QUICK = {"cameras": 12, "usual": 4, "history": 20_000, "others": 20, "user_events_per_day": 40, "requests": 40}
-AUDIT_COLUMNS = (
-    "seq",
-    "at_us",
-    "actor_id",
-    "actor_name",
-    "actor_unit",
-    "actor_roles",
-    "action",
-    "camera_id",
-    "window_start_us",
-    "window_end_us",
-    "object_id",
-    "purpose",
-    "case_ref",
-    "destination",
-    "outcome",
-    "reason",
-    "client_addr",
-    "user_agent",
-    "request_id",
-    "bytes",
-)
+AUDIT_COLUMNS = HASHED_FIELDS  # the chain links every column but its own two (prev_hash, hash)
 
 
 # --- the database ----------------------------------------------------------------------------------------------------
