@@ -152,6 +152,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(services: Services) -> FastAPI:
+    from api import webconsole
     from api.routes import alerts as alert_routes
     from api.routes import audit as audit_routes
     from api.routes import (
@@ -191,6 +192,7 @@ def create_app(services: Services) -> FastAPI:
     for module in (exports, integrity, alert_routes, oidc_routes):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(locks.router, prefix=PREFIX)
+    webconsole.mount(app)  # the web console at / (static files; a client of the API above)
 
     @app.middleware("http")
     async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -47,6 +47,15 @@ def login(body: LoginBody, ctx: Annotated[Ctx, Depends(anonymous("auth.login"))]
     return {"token": secret, "token_type": "bearer", "expires": iso(t.expires_us), "user": user_view(u)}
 
 
+@router.get("/auth/methods")
+def methods(ctx: Annotated[Ctx, Depends(anonymous("auth.methods"))]) -> dict[str, Any]:
+    """How one may sign in here, for a sign-in page: ``password`` (local accounts, POST /auth/login) and ``oidc``
+    (the unit's identity platform, GET /auth/oidc/login) when a provider is configured. No login, not audited: it
+    says nothing about any account."""
+    st = ctx.settings
+    return {"password": True, "oidc": bool(st.oidc_issuer and st.oidc_client_id and st.oidc_redirect_uri)}
+
+
 @router.post("/auth/logout", status_code=204)
 def logout(ctx: Annotated[Ctx, Depends(requires("auth.logout"))]) -> Response:
     """Revoke the token this request carries."""
