@@ -144,11 +144,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     housekeeping = denials.Housekeeping(app.state.services)  # denial summaries (api.denials)
     housekeeping.start()
     app.state.denial_housekeeping = housekeeping
+    from api.footage import SessionHousekeeping
+
+    sessions = SessionHousekeeping(app.state.services)  # idle playback sessions' ends (api.footage)
+    sessions.start()
+    app.state.session_housekeeping = sessions
     try:
         yield
     finally:
         await run_in_threadpool(runner.stop)
         await run_in_threadpool(housekeeping.close)
+        await run_in_threadpool(sessions.close)
 
 
 def create_app(services: Services) -> FastAPI:
@@ -164,6 +170,7 @@ def create_app(services: Services) -> FastAPI:
         grants,
         holds,
         integrity,
+        live,
         locks,
         policies,
         requests,
@@ -189,7 +196,7 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(BodyLimit, limit=services.settings.api_max_body_bytes)
     for module in (auth, users, cameras, grants, requests, footage, audit_routes, policies, holds, capacity, system):
         app.include_router(module.router, prefix=PREFIX)
-    for module in (exports, integrity, alert_routes, oidc_routes):
+    for module in (exports, integrity, alert_routes, oidc_routes, live):
         app.include_router(module.router, prefix=PREFIX)
     app.include_router(locks.router, prefix=PREFIX)
     webconsole.mount(app)  # the web console at / (static files; a client of the API above)
@@ -207,7 +214,10 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(NvrError)
     async def _nvr_error(request: Request, exc: NvrError) -> JSONResponse:
         retry_after = getattr(exc, "retry_after_s", None)  # api.throttle.LoginLocked
-        return await _refuse(request, STATUS.get(exc.kind, 400), exc.code, exc.message, retry_after)
+        status = getattr(exc, "http_status", None) or STATUS.get(exc.kind, 400)  # api.footage.RangeRefused: 416
+        response = await _refuse(request, status, exc.code, exc.message, retry_after)
+        response.headers.update(getattr(exc, "http_headers", {}))  # 416's Content-Range: bytes */<total>
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,6 +16,8 @@ from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
 from nvr.errors import Kind, NvrError
+from nvr.recorder import live
+from nvr.recorder.live import LiveHub
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -31,6 +33,11 @@ class Services:
         but never earlier than the trusted bound (integrity.trusted_time), so setting the server clock back cannot
         revive an expired grant, token, ticket or approval."""
         return trusted_time.shared(self.db, self.settings, self.clock).access_now_us()
+
+    @property
+    def live(self) -> LiveHub:
+        """The process's live-view hub (nvr.recorder.live.shared): fed by the recorder when this process runs one."""
+        return live.shared(self.db)
 
 
 @dataclass

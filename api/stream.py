@@ -4,7 +4,8 @@ The response is a raw ASGI response so that its end is under our control whateve
 the token and the user about once a second while it sends (a suspension, revocation or disabled account ends the
 stream within a second, by closing the connection short of its Content-Length so the client can tell), refreshes
 its read pin, notices a client that went away, and always writes the ``playback.end`` event with the bytes sent and
-removes the pin, in a transaction the request's cancellation cannot interrupt.
+removes the pin, in a transaction the request's cancellation cannot interrupt. A request of a playback session
+(HTTP Range, api.footage) adds its bytes to the session instead; the session writes the one ``playback.end``.
 
 Integrity: the chunks come from ``storage.reader``, which reads each segment whole, hashes it against its row and
 sends it from that buffer. When a segment after the first fails (the first one was checked before the response
@@ -49,13 +50,21 @@ class StreamJob:
     end_event: audit.Event
     stop: threading.Event | None = None
     """Set when the client has gone: the reader (``start_playback(..., stop=stop.is_set)``) stops hashing then."""
+    session: bool = False
+    """One request of a playback session (api.footage): its end adds its bytes to the session, which writes
+    ``playback.end`` once it closes, instead of a ``playback.end`` of its own."""
 
 
 class PlaybackStream(Response):
-    def __init__(self, job: StreamJob, headers: dict[str, str], total_bytes: int) -> None:
-        super().__init__(content=None, media_type="video/mp4", headers={**headers, "Content-Length": str(total_bytes)})
+    def __init__(self, job: StreamJob, headers: dict[str, str], total_bytes: int, status_code: int = 200) -> None:
+        super().__init__(
+            content=None,
+            status_code=status_code,
+            media_type="video/mp4",
+            headers={**headers, "Content-Length": str(total_bytes)},
+        )
         self.job = job
-        self.total_bytes = total_bytes
+        self.total_bytes = total_bytes  # of this response (a range's length for a 206)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         job = self.job
@@ -161,6 +170,9 @@ def _finish(job: StreamJob, outcome: str, reason: str | None, sent: int, damage:
     ev = job.end_event
     ev.outcome, ev.reason, ev.bytes = outcome, reason, sent
     try:
+        if job.session:
+            _leave(job, outcome, reason, sent, damage)
+            return
         with svc.db.session() as s:
             pins.unpin(s, job.pin_id)
             now = svc.clock.now_us()
@@ -169,3 +181,19 @@ def _finish(job: StreamJob, outcome: str, reason: str | None, sent: int, damage:
             audit.record(s, now, job.actor, job.meta, ev)
     except Exception:
         log.exception("could not record the end of a playback stream (pin %d, %d bytes sent)", job.pin_id, sent)
+
+
+def _leave(job: StreamJob, outcome: str, reason: str | None, sent: int, damage: SegmentDamaged | None) -> None:
+    """A session request's end: its bytes go to the session. A client that went away is a player seeking (the
+    session goes on); a grant that stopped holding, a damaged segment or a failure ends the session, which closes
+    (``playback.end``) when its last running request is over. The damage's finding goes in the same transaction."""
+    svc = job.services
+    end = None if outcome == "ok" or reason == "client_closed" or reason is None else (outcome, reason)
+    now = svc.now_us()
+    with svc.db.session() as s:
+        idle_s = svc.settings.playback_session_idle_seconds
+        if footage.leave_session(s, job.pin_id, sent, True, end, now, idle_s):
+            footage.close_session(s, job.pin_id, footage.closing_now(), now)
+        if damage is not None:
+            ev = job.end_event
+            footage.record_damage(s, now, job.actor, job.meta, _camera(job), damage, ev.purpose, ev.case_ref)

@@ -28,6 +28,11 @@ Measurement (``--requests`` each, after ``--warmup`` discarded requests of each 
   sending the request until the first body byte has arrived (the response headers' time is kept too); then the
   stream is closed, as a player seeking away would. ``playback_ttfb_cold_files``: the same with the segment files
   dropped from the page cache (``posix_fadvise(DONTNEED)``) before each request; the database stays cached.
+* ``range_ttfb``: seeking. Eight players each open a playback session on a random 5-minute window
+  (``Range: bytes=0-``, as Chromium's first request), then ``--requests`` mid-window range requests
+  (``bytes=N-``, N uniform in the middle half of the stream) go to them in turn, each joining its player's
+  session: time until the first body byte. Each answer's ``Content-Range`` is checked, and before that one
+  window's ranges are checked byte for byte against its full response (``range_check``).
 * ``listing_24h`` / ``listing_5min``: ``GET /cameras/{id}/recordings`` for a random window; time until the whole
   JSON body has been read. ``http_me_floor``: ``GET /me`` (token look-up and framework, no grant, no audit).
 * ``segment_hashing_ms``: what the per-segment integrity check costs (playback reads every segment whole and
@@ -46,6 +51,7 @@ Usage (from the repository root)::
     .venv/bin/python bench/playback.py --db both --keep       # keep them: the next run skips the build
     .venv/bin/python bench/playback.py --db sqlite --cameras 4 --days 2 --requests 50   # a quick trial
     .venv/bin/python bench/playback.py --db sqlite --clip 3mbit --data-dir /tmp/nvr-bench-playback-3mbit
+    .venv/bin/python bench/playback.py --quick   # 2 cameras, 2 days, 20 requests; tests/test_bench_quick.py runs it
 """
 
 from __future__ import annotations
@@ -110,6 +116,7 @@ HASH_SIZES = {"60 s at 3 Mbit/s (22.5 MB)": 22_500_000, "60 s at 8 Mbit/s (60 MB
 GOALS = {
     "playback_ttfb": {"p50": 50.0, "p99": 150.0},
     "playback_ttfb_cold_files": {"p50": 50.0, "p99": 150.0},
+    "range_ttfb": {"p50": 50.0, "p99": 150.0},
     "listing_24h": {"p50": 50.0, "p99": 150.0},
     "listing_5min": {"p50": 50.0, "p99": 150.0},
     "grant_audit": {"p50": 2.0},
@@ -478,6 +485,9 @@ def api_server(db_dir: Path, url: str) -> Iterator[tuple[str, int]]:
         NVR_API_HOST="127.0.0.1",
         NVR_API_PORT=str(port),
         NVR_LOG_LEVEL="WARNING",
+        # One officer playing hundreds of windows of 100 cameras a minute is what the abnormal-use rules exist to
+        # stop (camera_spread, footage_volume): they still run and raise alerts, but suspend nothing here.
+        NVR_ALERT_SUSPEND_RULES="[]",
     )
     log_file = open(db_dir / "api.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen([NVR, "api"], env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=str(ROOT))
@@ -562,6 +572,63 @@ def run_playback(
         heads.append((t_head - t0) * 1000)
         sizes.append(int(r.headers["content-length"]))
     return ttfb, heads, sizes
+
+
+PLAYERS = 8  # sessions open at once in the range phase (the bench grant allows 16 streams)
+
+
+def _range_get(client: httpx.Client, cam: str, params: dict[str, str], first: int) -> tuple[bytes, str, int]:
+    """``Range: bytes=<first>-``: (first body chunk, Content-Range, stream length); the stream is then closed, as a
+    player seeking again would."""
+    with client.stream(
+        "GET", f"/api/v1/cameras/{cam}/playback", params=params, headers={"Range": f"bytes={first}-"}
+    ) as r:
+        if r.status_code != 206:
+            r.read()
+            raise SystemExit(f"range playback {cam} {params}: {r.status_code} {r.text[:300]}")
+        chunk = next(r.iter_raw())
+        content_range = r.headers["content-range"]
+    return chunk, content_range, int(content_range.rsplit("/", 1)[1])
+
+
+def run_ranges(client: httpx.Client, windows: Windows, n: int, rng: random.Random) -> tuple[list[float], int]:
+    """PLAYERS sessions, then ``n`` mid-window range requests joining them in turn; (TTFB ms, sessions opened)."""
+    players = []
+    for _ in range(PLAYERS):
+        cam, a, b = windows(300 * US)
+        params = {"start": iso(a) or "", "end": iso(b) or "", "purpose": PURPOSE}
+        chunk, _, total = _range_get(client, cam, params, 0)
+        if chunk[4:8] != b"ftyp":
+            raise SystemExit(f"range playback {cam}: bytes=0- does not start with ftyp")
+        players.append((cam, params, total))
+    ttfb = []
+    for i in range(n):
+        cam, params, total = players[i % PLAYERS]
+        first = rng.randrange(total // 4, 3 * total // 4)
+        t0 = time.perf_counter()
+        chunk, content_range, _ = _range_get(client, cam, params, first)
+        ttfb.append((time.perf_counter() - t0) * 1000)
+        if content_range != f"bytes {first}-{total - 1}/{total}" or not chunk:
+            raise SystemExit(f"range playback {cam}: asked bytes={first}-, got {content_range}")
+    return ttfb, PLAYERS
+
+
+def check_ranges(client: httpx.Client, windows: Windows, rng: random.Random) -> str:
+    """One window's full response, and ten ranges of it compared byte for byte (SystemExit on a difference)."""
+    cam, a, b = windows(300 * US)
+    params = {"start": iso(a), "end": iso(b), "purpose": PURPOSE + " (range check)"}
+    url = f"/api/v1/cameras/{cam}/playback"
+    full = client.get(url, params=params)
+    if full.status_code != 200:
+        raise SystemExit(f"playback {cam}: {full.status_code} {full.text[:300]}")
+    body = full.content
+    for _ in range(10):
+        first = rng.randrange(len(body))
+        last = rng.randrange(first, min(len(body), first + 4_000_000))
+        r = client.get(url, params=params, headers={"Range": f"bytes={first}-{last}"})
+        if r.status_code != 206 or r.content != body[first : last + 1]:
+            raise SystemExit(f"range check {cam}: bytes={first}-{last} is not the slice of the full response")
+    return f"10 ranges of a {len(body):,}-byte response byte-identical to its slices"
 
 
 def run_me(client: httpx.Client, n: int) -> list[float]:
@@ -799,6 +866,13 @@ def run_one(args: argparse.Namespace, kind: str, clip: dict[str, Any]) -> dict[s
                 args.requests,
             )
             figures["playback_ttfb_cold_files"] = summary("playback_ttfb_cold_files", ttfb)
+            extra["range_check"] = check_ranges(client, windows, rng)
+            log(f"{kind}: {args.requests} mid-window range requests of {PLAYERS} playback sessions")
+            (ttfb, opened), phases["range"] = phase(
+                pid, lambda: run_ranges(client, windows, args.requests, rng), args.requests
+            )
+            figures["range_ttfb"] = summary("range_ttfb", ttfb)
+            extra["range_sessions"] = opened
             log(f"{kind}: {args.requests} listings of 24 h")
             (times, segs), phases["listing_24h"] = phase(
                 pid, lambda: run_listing(client, windows, args.requests, DAY_US), args.requests
@@ -901,8 +975,22 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the catalogues (SQLite folder, PostgreSQL database)")
     p.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help="an existing database to create the bench one from")
     p.add_argument("--pg-database", default="nvr_bench")
-    p.add_argument("--out", default="bench/results/playback-{db}.json", help="'{db}' becomes sqlite/postgresql")
+    p.add_argument("--out", default=None, help="'{db}' becomes sqlite/postgresql (default bench/results/…, "
+                   "--quick: in --data-dir)")  # fmt: skip
+    p.add_argument("--quick", action="store_true",
+                   help="a small trial that the test suite runs: 2 cameras, 2 days, 20 requests of each kind, "
+                   "--db sqlite unless given, its own data dir and PostgreSQL database")  # fmt: skip
     args = p.parse_args()
+    if args.quick:
+        args.cameras, args.days, args.requests, args.warmup, args.hash_reps, args.files = 2, 2, 20, 3, 2, 2
+        if "--db" not in sys.argv:
+            args.db = "sqlite"
+        if "--data-dir" not in sys.argv:
+            args.data_dir = Path(tempfile.gettempdir()) / "nvr-bench-playback-quick"
+        if "--pg-database" not in sys.argv:
+            args.pg_database = "nvr_bench_quick"
+    if args.out is None:
+        args.out = str(args.data_dir / "playback-{db}.json") if args.quick else "bench/results/playback-{db}.json"
     if args.days > 30:
         raise SystemExit("--days is at most 30: the grant's footage window is the last 31 days")
     args.data_dir = args.data_dir.expanduser().absolute()

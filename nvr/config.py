@@ -127,6 +127,17 @@ class Settings(BaseSettings):
     """Longest window one recordings listing may cover."""
     playback_ticket_seconds: int = Field(default=300, ge=10, le=3600)
     """Lifetime of a playback ticket (the credential in a ``<video src>`` URL)."""
+    playback_session_idle_seconds: int = Field(default=30, ge=1, le=30)
+    """A playback session (a player's HTTP Range requests of one viewing: one ``playback.start``, one
+    ``playback.end``) ends once no request of it has run for this long. At most 30 s: an idle session's read pin
+    holds through its last heartbeat's 30 s (storage.pins.PIN_STALE_US), which is what the sweeper respects."""
+    live_viewer_queue_fragments: int = Field(default=250, ge=8, le=10_000)
+    """Live view (nvr.recorder.live): fragments (one per frame) queued for one viewer before it is dropped as too
+    slow (``viewer_too_slow``); 250 is 10 s of a 25 fps camera. The recording never waits for a viewer."""
+    live_viewer_queue_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    """Live view: bytes queued for one viewer before it is dropped as too slow."""
+    live_start_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Live view: how long a new stream waits for the camera's next keyframe before 409 ``camera_not_recording``."""
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Request bodies larger than this are refused with 413 before they are read."""
 

@@ -357,6 +357,30 @@ class ReadPin(Base):
     started_us: Mapped[int] = mapped_column(BigInteger)
     heartbeat_us: Mapped[int] = mapped_column(BigInteger)
     request_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="stream", server_default="stream")
+    """``stream``: one request's stream (or an export job's read). ``session``: one audited playback session made
+    of a player's HTTP Range requests (api.footage, "Playback sessions"); the columns below are its state."""
+    ticket_id: Mapped[int | None] = mapped_column(BigInteger, index=True, nullable=True)
+    """The playback ticket that opened the session, if one did (no foreign key: a pin is transient state)."""
+    session_key: Mapped[str | None] = mapped_column(String(64), index=True, nullable=True)
+    """A bearer session's key: SHA-256 of token, camera, window and purpose."""
+    client_addr: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    """The address the session was opened from; only requests from it join."""
+    active: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Requests of the session running now."""
+    requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Range requests the session answered with footage."""
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    idle_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """With no request running: the session stays open (and counts) until then, then is closed."""
+    start_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """The audit sequence number of the session's ``playback.start`` (None until a request started streaming)."""
+    end_outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    end_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Set when the session must end (its grant stopped holding, a damaged segment): joins are refused and it
+    closes with this outcome once no request runs."""
+    audit_context: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON: the actor, request facts and event fields the session's ``playback.end`` is written with."""
 
 
 class PlaybackTicket(Base):

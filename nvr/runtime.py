@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 from nvr.clock import Clock, SystemClock
 from nvr.config import Settings, load_settings
 from nvr.db import Database
+from nvr.recorder import live
 from nvr.recorder.context import RecorderContext, volume_infos
+from nvr.recorder.live import LiveHub
 from nvr.registry import redact_text
 from storage import volumes as vol
 
@@ -79,6 +81,12 @@ class Runtime:
             if vol.read_identity(path) is None:
                 vol.init_volume(s, path, self.db.database_id(), self.clock.now_us())
 
+    @property
+    def live(self) -> LiveHub:
+        """The process's live-view hub over this database (nvr.recorder.live.shared): the recorder publishes into it,
+        the API of the same process serves viewers from it."""
+        return live.shared(self.db)
+
     def recorder_context(self) -> RecorderContext:
         return RecorderContext(
             settings=self.settings,
@@ -86,4 +94,5 @@ class Runtime:
             clock=self.clock,
             database_id=self.db.database_id(),
             volumes=volume_infos(self.db, self.settings.effective_volumes),
+            live=self.live,
         )

@@ -52,6 +52,12 @@ segment that fails stops the stream before its first byte: whatever was pending 
 yielded first (they are whole), then the error is raised. :func:`start_playback` does the first segment's read and
 hash at once, so a damaged first segment is refused before anything is sent. Memory: one segment's file at a time.
 ``PlaybackPlan.total_bytes`` is the exact length of the stream, so it can be sent as Content-Length.
+
+Byte ranges (HTTP Range): :func:`start_range` yields bytes ``first`` .. ``last`` of that same stream, exactly its
+slice. A part's length in the stream is known from the plan (moofs keep their size, mdats are copied), so the parts
+a range touches are found without reading anything; only those are read, each whole and hashed as above before any
+of its bytes is produced, then trimmed to the range. :func:`fingerprint` hashes what determines the bytes (a strong
+``ETag``).
 """
 
 from __future__ import annotations
@@ -73,9 +79,12 @@ __all__ = [
     "PlaybackStopped",
     "SegmentDamaged",
     "SegmentRef",
+    "check_span",
+    "fingerprint",
     "iter_playback",
     "plan_playback",
     "start_playback",
+    "start_range",
 ]
 
 TOUCH_TOLERANCE_US = 1_000  # rows closer than this are one continuous recording, not a gap
@@ -480,10 +489,53 @@ def _prepare(part: _Part, init: bytes = b"", stop: Stop | None = None) -> list[_
     return pieces
 
 
+def _part_lengths(plan: PlaybackPlan) -> list[int]:
+    """Bytes each part puts into the stream (the first part's count includes the init section): a moof keeps its
+    size when rewritten and an mdat is copied, so these are known from the plan alone, before any file is read."""
+    lengths = [sum(end - offset for offset, end in part.fragments) for part in plan._parts]
+    if lengths:
+        lengths[0] += len(plan._init)
+    return lengths
+
+
+def _touched(plan: PlaybackPlan, first: int, last: int) -> list[tuple[int, int, int]]:
+    """(part index, first byte, end byte) within each part's own output for the parts that stream bytes
+    [first, last] touch, in order."""
+    out: list[tuple[int, int, int]] = []
+    at = 0
+    for index, length in enumerate(_part_lengths(plan)):
+        lo, hi = max(first, at), min(last + 1, at + length)
+        if lo < hi:
+            out.append((index, lo - at, hi - at))
+        at += length
+    return out
+
+
+def _trim(pieces: list[_Piece], lo: int, hi: int) -> list[_Piece]:
+    """Bytes [lo, hi) of the concatenation of ``pieces``, as views of them (nothing is copied)."""
+    out: list[_Piece] = []
+    at = 0
+    for piece in pieces:
+        view = memoryview(piece)
+        a, b = max(lo - at, 0), min(hi - at, len(view))
+        if a < b:
+            out.append(view[a:b])
+        at += len(view)
+    return out
+
+
 def _stream(
-    plan: PlaybackPlan, chunk_size: int, first: list[_Piece] | None, early: bool = False, stop: Stop | None = None
+    plan: PlaybackPlan,
+    chunk_size: int,
+    first: list[_Piece] | None,
+    early: bool = False,
+    stop: Stop | None = None,
+    span: tuple[int, int] | None = None,
 ) -> Iterator[bytes]:
-    """The chunks; ``early``: the first segment's last bytes go out without waiting for the next segment's check."""
+    """The chunks of bytes ``span`` = [first, last] of the stream (all of it when None); ``first``: the pieces of the
+    first touched part, already checked. ``early``: that part's last bytes go out without waiting for the next
+    segment's check. Parts outside the span are neither read nor hashed; a part it touches is read and checked whole
+    (:func:`_prepare`) before any of its bytes is produced, then trimmed to the span."""
     pending = bytearray()  # less than one chunk, waiting for more
 
     def chunks(pieces: list[_Piece]) -> Iterator[bytes]:
@@ -503,23 +555,63 @@ def _stream(
             if view:
                 pending.extend(view)
 
-    for index, part in enumerate(plan._parts):
+    lo_hi = span if span is not None else (0, plan.total_bytes - 1)
+    for n, (index, lo, hi) in enumerate(_touched(plan, *lo_hi)):
+        part = plan._parts[index]
         try:
-            if index == 0 and first is not None:
+            if n == 0 and first is not None:
                 pieces, first = first, None
             else:
                 pieces = _prepare(part, plan._init if index == 0 else b"", stop)
         except SegmentDamaged:
-            if index > 0 and pending:
+            if n > 0 and pending:
                 yield bytes(pending)  # the segments before this one are whole: let them all out, then stop
             raise
-        yield from chunks(pieces)
+        yield from chunks(_trim(pieces, lo, hi))
         del pieces
-        if early and index == 0 and pending:
+        if early and n == 0 and pending:
             yield bytes(pending)
             pending.clear()
     if pending:
         yield bytes(pending)
+
+
+def check_span(plan: PlaybackPlan, first: int, last: int) -> None:
+    """``ValueError`` unless 0 <= first <= last < total_bytes (the HTTP layer answers 416 before asking)."""
+    if not 0 <= first <= last < plan.total_bytes:
+        raise ValueError(f"bytes {first}-{last} are not inside the stream's {plan.total_bytes} bytes")
+
+
+def start_range(
+    plan: PlaybackPlan, first: int, last: int, chunk_size: int = 1 << 20, stop: Stop | None = None
+) -> Iterator[bytes]:
+    """Bytes ``first`` .. ``last`` (inclusive) of the planned stream, exactly ``iter_playback``'s output sliced
+    ``[first:last + 1]``, for an HTTP Range request: :func:`start_playback` for a span.
+
+    Only the segments the span touches are read, each whole and hashed against its row before any of its bytes is
+    produced (the module's integrity rule); the first of them is read and checked now, so a damaged one raises
+    :class:`SegmentDamaged` before any byte exists, and its bytes are all yielded before the next is read."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    check_span(plan, first, last)
+    index, _, _ = _touched(plan, first, last)[0]
+    pieces = _prepare(plan._parts[index], plan._init if index == 0 else b"")
+    return _stream(plan, chunk_size, pieces, early=True, stop=stop, span=(first, last))
+
+
+def fingerprint(plan: PlaybackPlan) -> str:
+    """What determines the stream's bytes, hashed (for a strong HTTP ``ETag``): each planned segment's seq, size,
+    recorded sha256 and the fragments taken from it, the init section, and the total length. Two plans with the
+    same fingerprint yield the same bytes (the reader refuses a file whose bytes are not the recorded ones)."""
+    h = hashlib.sha256()
+    h.update(f"{plan.total_bytes}:{plan.first_us}:{plan.end_us}:".encode())
+    h.update(hashlib.sha256(plan._init).digest())
+    for part in plan._parts:
+        ref = part.ref
+        h.update(f"|{ref.seq}:{ref.bytes}:{ref.sha256}:{part.first_sequence}:".encode())
+        h.update(",".join(f"{a}-{b}" for a, b in part.fragments).encode())
+        h.update(",".join(f"{t}={d}" for t, d in sorted(part.deltas.items())).encode())
+    return h.hexdigest()
 
 
 def start_playback(plan: PlaybackPlan, chunk_size: int = 1 << 20, stop: Stop | None = None) -> Iterator[bytes]:

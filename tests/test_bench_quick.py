@@ -40,3 +40,37 @@ def test_bench_access_quick(tmp_path: Path) -> None:
     typical = result["figures_ms"]["typical"]
     assert typical["grant_audit"]["n"] == typical["grant_audit_rules"]["n"] == result["params"]["requests"]
     assert result["check"].startswith("camera_spread raised")
+
+
+def test_bench_live_quick(tmp_path: Path) -> None:
+    """bench/live.py --quick: 4 cameras recording, live latency with 1 and 4 viewers and the recorder's CPU; it exits
+    non-zero when a phase measured nothing, a viewer failed or a frame was lost while recording."""
+    out = tmp_path / "live.json"
+    args = [sys.executable, str(ROOT / "bench" / "live.py"), "--quick", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert [p["viewers"] for p in result["phases"]] == [0, 1, 4]
+    for p in result["phases"][1:]:
+        assert p["latency_ms"]["p95"] > 0 and p["fragments_per_viewer_min"] > 0
+    assert (result["holes"], result["gaps"], result["problems"]) == (0, 0, [])
+
+
+def test_bench_playback_quick(tmp_path: Path) -> None:
+    """bench/playback.py --quick: a small catalogue, playback and listing latency, and the range phase (playback
+    sessions joined by mid-window range requests, after ten ranges checked byte for byte against a full response;
+    it exits non-zero when a range is not the exact slice or its Content-Range is wrong)."""
+    out_dir = tmp_path / "bench"
+    args = [sys.executable, str(ROOT / "bench" / "playback.py"), "--quick", "--data-dir", str(out_dir)]
+    pg = os.environ.get("TEST_DATABASE_URL")
+    kind = "postgresql" if pg else "sqlite"
+    if pg:
+        args += ["--db", "postgresql", "--pg-admin-url", pg, "--pg-database", f"nvr_bqp_{os.getpid()}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    result = json.loads((out_dir / f"playback-{kind}.json").read_text())
+    figures = result["figures_ms"]
+    assert figures["range_ttfb"]["n"] == figures["playback_ttfb"]["n"] == 20  # --quick: 20 requests of each kind
+    assert result["details"]["range_check"].startswith("10 ranges of a ")

@@ -8,7 +8,7 @@ import threading
 import urllib.parse
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 
 from api import audit, footage, grants
 from api.context import Ctx, authenticated, request_hint, requires, services
@@ -18,7 +18,7 @@ from nvr import registry
 from nvr.clock import iso, parse_iso
 from nvr.errors import NvrError
 from storage import pins
-from storage.reader import SegmentDamaged, start_playback
+from storage.reader import SegmentDamaged, fingerprint, start_playback, start_range
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["footage"])
@@ -92,7 +92,8 @@ def _query_time(text: str | None) -> int | None:
 def _playback_ctx(request: Request) -> Ctx:
     """Bearer token, or a playback ticket matching the URL's camera, window and purpose (or both, for one user).
 
-    The ticket is checked here and claimed in the request's pin transaction (``request.state.ticket_id``). Refusals
+    The ticket is checked here and claimed in the request's pin transaction (``request.state.ticket_id``); a Range
+    request with a used ticket is let through to join the session it opened (api.footage.enter_session). Refusals
     are audited under the bearer's user when a token came, else under the ticket's owner once the ticket is known
     (an unknown or expired ticket: anonymous)."""
     ticket = request.query_params.get("ticket")
@@ -104,15 +105,25 @@ def _playback_ctx(request: Request) -> Ctx:
     svc = services(request)
     now = svc.now_us()
     q = request.query_params
+    joining = "range" in request.headers  # a player's range request may join the session the ticket opened
     with svc.db.session() as s:
-        t = footage.find_ticket(s, ticket, now)
+        t = footage.find_ticket(s, ticket, now, joining)
         request_hint(request).update(object_id=f"ticket:{t.id}")
         principal = footage.ticket_principal(s, t, bearer, now)
     # Refusals from here on name this person: the bearer's user, or the owner of the ticket that came alone.
     request.state.principal = principal
-    footage.check_ticket_use(t, camera_id, _query_time(q.get("start")), _query_time(q.get("end")), q.get("purpose"))
+    addr = request.client.host if request.client else None
+    footage.check_ticket_use(
+        t, camera_id, _query_time(q.get("start")), _query_time(q.get("end")), q.get("purpose"), joining, addr
+    )
     request.state.ticket_id = t.id
     return Ctx(svc, request, principal)
+
+
+_RANGE_DOC = (
+    "range_invalid: a malformed Range header; range_unsupported: several ranges in one request; "
+    "range_not_satisfiable: the range starts past the end (Content-Range: bytes */<total>)."
+)
 
 
 @router.get(
@@ -121,6 +132,11 @@ def _playback_ctx(request: Request) -> Ctx:
     status_code=200,  # PlaybackStream.__init__ has no status_code for FastAPI to infer it from (openapi.json 500s)
     responses={
         200: {"content": {"video/mp4": {}}, "description": "Fragmented MP4 of the window."},
+        206: {
+            "content": {"video/mp4": {}},
+            "description": "One byte range of that same stream (Range: bytes=a-b, a- or -n), with Content-Range.",
+        },
+        416: {"content": {"application/json": {}}, "description": _RANGE_DOC},
         500: {
             "content": {"application/json": {}},
             "description": "segment_damaged: the first segment to send (or a row) failed its integrity check.",
@@ -134,10 +150,26 @@ def playback(
     purpose: Purpose,
     ctx: Annotated[Ctx, Depends(_playback_ctx)],
     ticket: Annotated[str | None, Query(max_length=200, description="From POST playback-tickets.")] = None,
+    range_header: Annotated[
+        str | None,
+        Header(
+            alias="range",
+            max_length=200,
+            description="One byte range (bytes=a-b, a- or -n): 206 with that slice; joins the playback session.",
+        ),
+    ] = None,
+    if_range: Annotated[
+        str | None, Header(max_length=200, description="An ETag: the Range applies only if it still matches.")
+    ] = None,
 ) -> PlaybackStream:
     """Stream the window as fragmented MP4, from the keyframe at or before ``start``, across segment boundaries
     and gaps (collapsed; listed in the ``X-Nvr-Gaps`` header). Needs a grant with ``playback`` covering the camera
     and the window; counts against the grant's concurrent streams (429 ``stream_limit``).
+
+    Seekable: ``Accept-Ranges: bytes`` and a strong ``ETag``; a ``Range`` request gets 206 with exactly that slice
+    of the same stream (416 ``range_invalid``, ``range_unsupported``, ``range_not_satisfiable``). Range requests of
+    one viewing are one audited playback session: one read pin, one stream of the grant, one ``playback.start``
+    and one ``playback.end`` with the bytes of them all (docs/api.md, "Playback").
 
     Every segment is hashed against its catalogue row, and the row's chain link recomputed, before any of its bytes
     is sent: 500 ``segment_damaged`` when that fails before the first byte; a later segment that fails ends the
@@ -145,6 +177,8 @@ def playback(
     registry.validate_id(camera_id)
     ctx.hint(purpose=purpose)
     start_us, end_us = _window(ctx, start, end, ctx.settings.playback_max_seconds * 1_000_000, "playback")
+    wanted = footage.parse_range(range_header) if range_header is not None else None  # 416 before anything is done
+    in_session = range_header is not None
     now = ctx.now_us
     meta = ctx.meta
     # The pin is committed before the segments are read: the sweeper marks rows, commits, then re-checks pins,
@@ -154,47 +188,62 @@ def playback(
     with ctx.db.session() as s:
         g = grants.authorize(s, ctx.me, camera_id, "playback", start_us, end_us, now)
         ctx.hint(case_ref=g.case_ref, object_id=f"grant:{g.id}" if ticket_id is None else f"ticket:{ticket_id}")
-        if ticket_id is not None:  # in the pin's transaction: a start refused below leaves the ticket unused
-            footage.claim_ticket(s, ticket_id, meta.client_addr, now)
-        pin = footage.pin(s, ctx.me, g, camera_id, start_us, end_us, now, meta.request_id or "")
-    fields: dict[str, Any] = dict(
-        camera_id=camera_id,
-        window_start_us=start_us,
-        window_end_us=end_us,
-        object_id=f"grant:{g.id}",
-        purpose=purpose,
-        case_ref=g.case_ref,
-    )
+        fields: dict[str, Any] = dict(
+            camera_id=camera_id,
+            window_start_us=start_us,
+            window_end_us=end_us,
+            object_id=f"grant:{g.id}",
+            purpose=purpose,
+            case_ref=g.case_ref,
+        )
+        if in_session:  # a player's range request: joins its viewing's session, or opens it (claiming the ticket)
+            context = footage.SessionContext(ctx.actor, meta, **fields)
+            pin = footage.enter_session(s, ctx.me, g, ticket_id, context, now, meta.request_id or "").pin
+        else:
+            if ticket_id is not None:  # in the pin's transaction: a start refused below leaves the ticket unused
+                footage.claim_ticket(s, ticket_id, meta.client_addr, now)
+            pin = footage.pin(s, ctx.me, g, camera_id, start_us, end_us, now, meta.request_id or "")
     # Rows (and their chain links) in a short transaction; files are read outside one: the headers of every file
-    # (the plan), then the first segment whole, hashed against its row (start_playback), all before a byte is sent.
+    # (the plan), then the first segment to send whole, hashed against its row, all before a byte is sent.
     try:
         with ctx.db.session() as s:
             refs = footage.playback_refs(s, camera_id, start_us, end_us)
         plan = footage.plan(refs, start_us, end_us)
+        tag = footage.etag(start_us, end_us, fingerprint(plan))
+        span = None
+        if wanted is not None and (if_range is None or if_range.strip() == tag):  # If-Range not matching: all
+            span = footage.resolve_range(wanted, plan.total_bytes)
         stop = threading.Event()
-        chunks = start_playback(plan, stop=stop.is_set)
+        if span is None:
+            chunks = start_playback(plan, stop=stop.is_set)
+        else:
+            chunks = start_range(plan, span[0], span[1], stop=stop.is_set)
         with ctx.db.session() as s:
-            ctx.record(
-                s,
-                audit.Event(
-                    "playback.start",
-                    "allowed",
-                    **fields,
-                    reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
-                    + ("" if ticket_id is None else f"; ticket {ticket_id}"),
-                ),
-            )
+            if not in_session or footage.mark_started(s, pin.id):  # a session: its first request to stream
+                seq = ctx.record(
+                    s,
+                    audit.Event(
+                        "playback.start",
+                        "allowed",
+                        **fields,
+                        reason=f"segments {plan.segments[0]}..{plan.segments[-1]}"
+                        + ("; session" if in_session else "")
+                        + ("" if ticket_id is None else f"; ticket {ticket_id}"),
+                    ),
+                )
+                if in_session:
+                    footage.set_start_seq(s, pin.id, seq)
     except SegmentDamaged as exc:
         # Nothing was sent: 500 segment_damaged (the error handler adds the refused playback.start event). The
         # finding and playback.damaged go in one transaction with the pin's release.
         log.error("playback of %s refused: %s", camera_id, exc)
         with ctx.db.session() as s:
-            pins.unpin(s, pin.id)
+            _release(ctx, s, pin.id, in_session, ("failed", footage.damage_reason(camera_id, exc)))
             footage.record_damage(s, ctx.now_us, ctx.actor, meta, camera_id, exc, purpose, g.case_ref)
         raise
     except BaseException:
         with ctx.db.session() as s:
-            pins.unpin(s, pin.id)
+            _release(ctx, s, pin.id, in_session, None)
         raise
     headers = {
         "X-Nvr-Start": iso(plan.first_us) or "",
@@ -203,13 +252,16 @@ def playback(
             [{"start": iso(gp.start_us), "end": iso(gp.end_us), "at_media_us": gp.media_offset_us} for gp in plan.gaps],
             separators=(",", ":"),
         ),
-        "Accept-Ranges": "none",
+        "Accept-Ranges": "bytes",
+        "ETag": tag,
         # Every segment is hashed against its catalogue row before its first byte is sent; one that fails ends
         # the stream before it, short of Content-Length (docs/api.md, "Playback").
         "X-Nvr-Integrity": "verified-per-segment",
     }
     if plan.truncated_at_us is not None:
         headers["X-Nvr-Truncated-At"] = iso(plan.truncated_at_us) or ""
+    if span is not None:
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{plan.total_bytes}"
     job = StreamJob(
         services=ctx.services,
         chunks=chunks,
@@ -220,5 +272,19 @@ def playback(
         meta=meta,
         end_event=audit.Event("playback.end", "ok", **fields),
         stop=stop,
+        session=in_session,
     )
-    return PlaybackStream(job, headers, plan.total_bytes)
+    if span is None:
+        return PlaybackStream(job, headers, plan.total_bytes)
+    return PlaybackStream(job, headers, span[1] - span[0] + 1, status_code=206)
+
+
+def _release(ctx: Ctx, s: Any, pin_id: int, in_session: bool, end: tuple[str, str] | None) -> None:
+    """A request refused after its pin was taken gives it back: a plain stream's pin goes; a session request leaves
+    the session (nothing sent, not counted), which closes at once when ``end`` says it must and no request runs."""
+    if not in_session:
+        pins.unpin(s, pin_id)
+        return
+    now = ctx.now_us
+    if footage.leave_session(s, pin_id, 0, False, end, now, ctx.settings.playback_session_idle_seconds):
+        footage.close_session(s, pin_id, footage.closing_now(), now)

@@ -15,6 +15,7 @@ from nvr.config import Settings
 from nvr.db import Database
 from nvr.errors import Kind, NvrError
 from nvr.models import CameraEvent, Gap, RecorderState
+from nvr.recorder.live import LiveHub, ViewerLimits
 from storage import volumes as vol
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,12 @@ class RecorderContext:
     volumes: list[vol.VolumeInfo]
     on_storage_full: Callable[[], None] | None = None
     """Called when a worker finds no volume with room (``nvr serve`` wakes the sweeper with it)."""
+    live: LiveHub | None = None
+    """Where the workers publish their packets for live viewers (nvr.recorder.live); None: no live view."""
+
+    @property
+    def live_limits(self) -> ViewerLimits:
+        return ViewerLimits(self.settings.live_viewer_queue_fragments, self.settings.live_viewer_queue_bytes)
 
     def pick_volume(self) -> vol.VolumeInfo:
         """The volume with the most free space above the critical mark, after checking its identity.

@@ -27,9 +27,13 @@ class Supervisor:
         self.workers: dict[str, CameraWorker] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._live_attached = False
 
     def start(self) -> None:
         recover_all(self.ctx)
+        if self.ctx.live is not None:
+            self.ctx.live.attach_recorder()  # this process now serves live view (the API's live_unavailable test)
+            self._live_attached = True
         self.sync()
         self._thread = threading.Thread(target=self._loop, name="rec-supervisor", daemon=True)
         self._thread.start()
@@ -74,3 +78,6 @@ class Supervisor:
         for w in self.workers.values():
             w.join()
         self.workers.clear()
+        if self.ctx.live is not None and self._live_attached:
+            self._live_attached = False
+            self.ctx.live.detach_recorder()

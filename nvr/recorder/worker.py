@@ -24,6 +24,7 @@ from nvr.errors import Kind, NvrError
 from nvr.models import CameraStateChange
 from nvr.recorder.context import RecorderContext
 from nvr.recorder.faults import CameraFault, classify
+from nvr.recorder.live import CAMERA_DISCONNECTED, RECORDER_STOPPED, LiveFeed
 from nvr.recorder.timestamps import StreamTimeline
 from nvr.registry import redact_url
 from retention import holds
@@ -113,6 +114,7 @@ class CameraWorker(threading.Thread):
         self._gap_start_us: int | None = None
         self._gap_open = False
         self._storage_full_alarmed = False
+        self._feed: LiveFeed | None = None
 
     # --- thread entry -------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -181,6 +183,7 @@ class CameraWorker(threading.Thread):
         try:
             return self._record(container)
         finally:
+            self._end_live()
             container.close()
 
     def _select_streams(self, container: av.container.InputContainer) -> tuple[av.stream.Stream, list, str]:
@@ -239,6 +242,7 @@ class CameraWorker(threading.Thread):
         last_video_end: int | None = None
         wall_mono_ref = self.ctx.clock.now_us() - self.ctx.clock.monotonic_us()
         extradata: dict[int, bytes] = {}
+        feed = self._open_live(streams, fmt, extradata)
         for pkt in container.demux(streams):
             if stop.is_set():
                 break
@@ -336,6 +340,13 @@ class CameraWorker(threading.Thread):
             if is_video:
                 seg.frames += 1
                 last_video_end = dts + (pkt.duration or timelines[idx].nominal)
+            # Live view costs nothing without viewers: one attribute read. The packet goes to the segment first:
+            # the feed's muxer rescales its timestamps to its own stream, after the archive has them.
+            if feed.wanted:
+                feed.publish(pkt, idx, is_video and pkt.is_keyframe, mono)
+            elif feed.muxing:
+                feed.idle()
+        self._end_live()
         if self.stop_event.is_set():
             # Hang up first: finishing the segment takes a moment, and the camera should not keep sending into a
             # socket nobody reads any more.
@@ -347,6 +358,31 @@ class CameraWorker(threading.Thread):
         if self.stop_event.is_set():
             return "stopped", "recorder stopped"
         return "disconnected", "the stream ended (camera closed the connection or went away)"
+
+    # --- live view ---------------------------------------------------------------------------------------------
+    def _open_live(self, streams: list, fmt: str, extradata: dict[int, bytes]) -> LiveFeed:
+        """This run's live feed, registered with the process's hub (a feed nobody can reach when there is none)."""
+        hub = self.ctx.live
+        if hub is None:
+            feed = LiveFeed(self.camera_id, streams, fmt, extradata, self.ctx.live_limits)
+        else:
+            feed = hub.open_feed(self.camera_id, streams, fmt, extradata, self.ctx.live_limits)
+        self._feed = feed
+        return feed
+
+    def _end_live(self) -> None:
+        """The run is over: its viewers end (they may reconnect to the next run)."""
+        feed, self._feed = self._feed, None
+        if feed is None:
+            return
+        reason = RECORDER_STOPPED if self.stop_event.is_set() else CAMERA_DISCONNECTED
+        try:
+            if self.ctx.live is not None:
+                self.ctx.live.close_feed(feed, reason)
+            else:
+                feed.close(reason)
+        except Exception:  # live view must never take the recording down with it
+            log.exception("camera %s: closing the live feed failed", self.camera_id)
 
     # --- segments -----------------------------------------------------------------------------------------
     def _finish(self, seg: _Open, duration_us: int, run_offset: int) -> None:

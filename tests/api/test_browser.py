@@ -9,39 +9,21 @@ access rules can get in the way, and no second web server is needed. Without Chr
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from sqlalchemy import select
 
 from nvr.clock import iso
-from nvr.models import AuditEvent
+from nvr.models import AuditEvent, ReadPin
+from tests.support.browser import chromium
 from tests.support.footage import CLIP_SECONDS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SEG_US = CLIP_SECONDS * 1_000_000
-FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--autoplay-policy=no-user-gesture-required",
-    "--mute-audio",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=640,480",
-)
 
 PAGE = """
 document.open();
@@ -66,6 +48,7 @@ return {
     videoHeight: v.videoHeight,
     currentTime: v.currentTime,
     paused: v.paused,
+    seeking: v.seeking,
     ended: v.ended,
     buffered: v.buffered.length ? v.buffered.end(v.buffered.length - 1) : 0,
     playRejected: window.playRejected || null,
@@ -73,47 +56,10 @@ return {
 """
 
 
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if not missing:
-        return
-    reason = f"headless Chromium unavailable: {', '.join(missing)} missing (install with scripts/install-system-deps)"
-    required = [v for v in ("REQUIRE_BROWSER", "REQUIRE_GSTREAMER") if os.environ.get(v) == "1"]
-    if required:
-        pytest.fail(f"{'/'.join(required)}=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[webdriver.Chrome]:
-    _require_browser()
-    # The driver and browser are given by path, so Selenium Manager has nothing to resolve; offline mode makes
-    # sure it never reaches for the network should it be consulted anyway.
-    monkeypatch.setenv("SE_OFFLINE", "true")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    service = Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=options)  # quits itself if the session cannot start
-    spawned: list[psutil.Process] = []
-    try:
-        spawned = psutil.Process(driver.service.process.pid).children(recursive=True)
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    with chromium(tmp_path / "chromium-profile", size=(640, 480)) as driver:
         yield driver
-    finally:
-        driver.quit()
-    # quit() ends chromedriver and the browser; make sure no browser process outlived it.
-    _gone, alive = psutil.wait_procs(spawned, timeout=10)
-    alive = [p for p in alive if _running(p)]
-    assert not alive, f"browser processes outlived driver.quit(): {alive}"
-
-
-def _running(p: psutil.Process) -> bool:
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE  # an orphan waits for init to reap it: it has ended
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _state(driver: webdriver.Chrome) -> dict[str, Any]:
@@ -169,14 +115,47 @@ def test_headless_chromium_plays_a_playback_ticket_url_and_it_is_audited(api, br
         started = list(
             s.scalars(select(AuditEvent).where(AuditEvent.action == "playback.start").order_by(AuditEvent.seq))
         )
-    # Chromium plays the whole URL with one request (the answer says Accept-Ranges: none, so it asks for no range and
-    # seeks within what it buffered): the single-use ticket is enough for it, and it is used up.
+    # Chromium asks with Range requests (the answer says Accept-Ranges: bytes): however many it sends, they are one
+    # playback session, one playback.start (tests/api/test_range.py; the seek test below).
     (ev,) = started
     assert (ev.outcome, ev.actor_id) == ("allowed", api.ids["olga"])
     assert (ev.camera_id, ev.window_start_us, ev.window_end_us) == ("cam-a", start, end)
     assert ev.purpose == "browser playback check" and ev.case_ref == "CASE-2026-042"
     assert ev.user_agent == user_agent and "Chrome" in user_agent
-    with api.client() as anon:
+    with api.client() as anon:  # a request without Range never joins the session: the ticket is used
         again = anon.get(url, headers={"User-Agent": user_agent})
         assert (again.status_code, again.json()["error"]["code"]) == (401, "ticket_used")
     print(f"playback.start events: {len(started)}; user agent: {user_agent}")
+
+
+def test_headless_chromium_seeks_within_one_audited_session(api, browser) -> None:
+    starts = api.camera("cam-a", segments=400)  # 800 s, ~30 MB: more than Chromium buffers ahead
+    api.user("boss", ["approver"])
+    api.user("olga", ["officer"])
+    api.grant("boss", "olga", ["cam-a"], max_streams=1)  # every range request of the session is the one stream
+    start, end = starts[0], starts[-1] + SEG_US
+    body = {"start": iso(start), "end": iso(end), "purpose": "browser seek check"}
+    with api.client("olga") as c:
+        t = c.post("/api/v1/cameras/cam-a/playback-tickets", json=body)
+    assert t.status_code == 201, t.text
+    url = api.url + t.json()["url"]
+
+    browser.get(api.url + "/api/v1/health")
+    browser.execute_script(PAGE, url)
+    _wait(browser, lambda s: s["readyState"] >= 2 and s["videoWidth"] > 0, "decoded frames")
+    target = 600.0
+    browser.execute_script("document.getElementById('v').currentTime = arguments[0];", target)
+    state = _wait(
+        browser,
+        lambda s: s["readyState"] >= 2 and abs(s["currentTime"] - target) < 3.0 and not s.get("seeking"),
+        "the seek to land",
+    )
+    assert abs(state["currentTime"] - target) < 3.0, state
+    with api.rt.db.session() as s:
+        (pin,) = s.scalars(select(ReadPin))
+        started = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "playback.start")))
+    print(f"session after the seek: {pin.requests} request(s) answered, {pin.active} running, {pin.bytes_sent} bytes")
+    # The seek was a new Range request of the same URL: it joined the session; one playback.start for the ticket.
+    assert pin.kind == "session" and pin.requests + pin.active > 1
+    (ev,) = started
+    assert ev.outcome == "allowed" and ev.reason.endswith(f"; session; ticket {pin.ticket_id}")

@@ -1,5 +1,7 @@
-"""Playback tickets: one ticket, one stream; never served or audited under its owner when another user's token
-comes with it. (Parallel uses of one ticket: tests/api/test_races.py; a real browser: tests/api/test_browser.py.)"""
+"""Playback tickets: one ticket, one stream (requests without ``Range``; a player's range requests are one session of
+the ticket, from the claiming address only: tests/api/test_range.py); never served or audited under its owner when
+another user's token comes with it. (Parallel uses of one ticket: tests/api/test_races.py; a real browser:
+tests/api/test_browser.py.)"""
 
 from __future__ import annotations
 
@@ -145,3 +147,12 @@ def test_a_ticket_is_still_bound_to_its_request_and_its_lifetime(api: Api) -> No
         api.clock.advance(api.rt.settings.playback_ticket_seconds + 1)
         assert _code(anon.get(url)) == (401, "ticket_invalid")
     assert _used(api, tid) is None
+
+
+def test_a_ticket_used_by_a_plain_stream_never_opens_a_range_session(api: Api) -> None:
+    starts = _setup(api)
+    url, _ = _ticket(api, "olga", starts[0], starts[2])
+    with api.client() as anon:
+        assert anon.get(url).status_code == 200  # a stream without Range: the ticket's one use
+        assert _code(anon.get(url, headers={"Range": "bytes=0-"})) == (401, "ticket_used")
+    assert [e.outcome for e in _starts(api)] == ["allowed", "denied"]
