@@ -234,3 +234,36 @@ class CheckpointChain(BaseModel):
     )
     checkpoints: list[CheckpointEntry]
     more: bool = Field(description="Whether checkpoints after the last one here exist (page with ``after_seq``).")
+
+
+# --- recording status ---------------------------------------------------------------------------------------------
+class GapInfo(BaseModel):
+    start: str | None
+    end: str | None = Field(description="null while the outage lasts.")
+    reason: str = Field(description="The recorder's reason code (``disconnected``, ``storage_full``, …).")
+    detail: str | None
+
+
+class CameraRecordingStatus(BaseModel):
+    """What ``nvr status`` shows for one camera (nvr.status.CameraStatus), plus its online rate."""
+
+    camera_id: str
+    name: str
+    camera_state: str = Field(description="The registry state (``registered``, ``active``, …).")
+    state: str = Field(description="The recorder's state: ``recording``, ``reconnecting``, ``error`` or ``offline``.")
+    reason: str | None
+    since: str | None
+    last_segment_end: str | None
+    segments_24h: int
+    gaps_24h: list[GapInfo]
+    recorded_share_24h: float | None = Field(
+        description="Recording completeness: recorded time over the camera's active part of the last 24 h (0..1)."
+    )
+    online_share_24h: float | None = Field(
+        description="Online rate: the share of that time not inside a gap the camera or its network caused (0..1)."
+    )
+    window_start: str | None = Field(description="Where, within the last 24 h, both shares are measured from.")
+
+
+class CameraStatusList(BaseModel):
+    cameras: list[CameraRecordingStatus]

@@ -17,11 +17,13 @@ from sqlalchemy import func, select
 from api import alerts, audit
 from api.context import Ctx, anonymous, requires
 from api.routes.capacity import camera_scope
+from api.routes.models import CameraRecordingStatus, CameraStatusList
 from integrity import trusted_time
 from integrity.scrubber import metric_families
 from integrity.trusted_time import ClockStatus
+from nvr.clock import parse_iso
 from nvr.models import Camera, RecorderState, Segment
-from nvr.status import STALE_US
+from nvr.status import STALE_US, CameraStatus, all_status
 from storage.alarms import StorageAlarms, storage_alarms
 
 router = APIRouter(tags=["system"])
@@ -77,6 +79,50 @@ def system_health(ctx: Annotated[Ctx, Depends(requires("system.health", "system.
         ctx.record(s, audit.Event("system.health", "allowed", reason=",".join(codes) or "ok"))
     alert_counts = {"open": sum(by_rule.values()), "by_rule": by_rule}
     return {"status": "degraded" if codes else "ok", **found.as_dict(), "alarms": codes, "alerts": alert_counts}
+
+
+# Gaps caused on this side (no room, a missing volume, the recorder itself stopped or failing): the camera was
+# reachable, so they lower recording completeness but not the camera's online rate.
+OUR_SIDE_GAP_REASONS = frozenset({"storage_full", "volume_unavailable", "internal_error", "recorder_stopped"})
+
+
+def online_share(st: CameraStatus, now_us: int) -> float | None:
+    """The share of the window ``nvr status`` measures completeness over (the camera's active part of the last
+    24 h) that lies outside every gap the camera or its network caused; None when the camera was never active."""
+    if st.window_start is None:
+        return None
+    base = parse_iso(st.window_start)
+    if now_us <= base:
+        return None
+    down = sorted(
+        (max(parse_iso(g.start) if g.start else base, base), min(parse_iso(g.end) if g.end else now_us, now_us))
+        for g in st.gaps_24h
+        if g.reason not in OUR_SIDE_GAP_REASONS
+    )
+    lost, reached = 0, base
+    for start, end in down:  # union of the intervals, so overlapping gaps count once
+        start = max(start, reached)
+        if end > start:
+            lost += end - start
+            reached = end
+    return round(max(0.0, 1 - lost / (now_us - base)), 4)
+
+
+@router.get("/system/cameras")
+def camera_status_list(
+    ctx: Annotated[Ctx, Depends(requires("system.cameras", "system.monitor"))],
+) -> CameraStatusList:
+    """Each camera's recording status as ``nvr status`` shows it (recorder state, gaps of the last 24 h, recording
+    completeness ``recorded_share_24h``) and its online rate ``online_share_24h``. Cameras as ``GET /cameras``
+    shows them: admins all, operators the cameras a grant of theirs covers now."""
+    now = ctx.now_us
+    with ctx.db.session() as s:
+        scope = camera_scope(s, ctx.me, now)
+        found = [st for st in all_status(s, now) if scope is None or st.camera_id in scope]
+        ctx.record(s, audit.Event("system.cameras", "allowed", reason=f"{len(found)} camera(s)"))
+    return CameraStatusList(
+        cameras=[CameraRecordingStatus(**st.as_dict(), online_share_24h=online_share(st, now)) for st in found]
+    )
 
 
 class _Collector:

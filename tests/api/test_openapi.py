@@ -52,6 +52,7 @@ OPERATIONS = {
     ("get", "/integrity/findings"),
     ("post", "/integrity/findings/{finding_id}/resolve"),
     ("get", "/checkpoints"),
+    ("get", "/system/cameras"),
 }
 NO_BODY = {("delete", "/retention/policies/{name}")}  # 204 No Content
 # The admin's camera record and everyone else's basic record, field for field, as the API answered before it had
@@ -247,6 +248,10 @@ def test_real_answers_validate_against_the_declared_schemas(api: Api, doc: dict[
         "aud", "post", "/integrity/findings/{finding_id}/resolve", 200, at={"finding_id": fid}, json={"note": "ok"}
     )
     assert done["note"] == "ok" and done["resolved"] is not None
+
+    # The console's camera status: each registry camera with its recording shares.
+    status = check("admin", "get", "/system/cameras", 200)["cameras"]
+    assert {c["camera_id"] for c in status} == {"cam-a", "cam-b", "cam-c"}
 
     assert check.checked == OPERATIONS, f"not called: {sorted(OPERATIONS - check.checked)}"
 
