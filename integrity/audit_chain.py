@@ -1,6 +1,8 @@
 """The audit trail's hash chain.
 
-``hash = SHA-256(prev_hash ‖ canonical(event))`` where the first event's ``prev_hash`` is :data:`GENESIS` and the
+``hash = H(prev_hash ‖ canonical(event))`` where ``H`` is the event's ``hash_alg`` (None or absent: SHA-256; ``sm3``
+under the ``sm2-sm3`` suite, and then committed in the canonical form too), the first event's ``prev_hash`` is
+:data:`GENESIS` (:func:`genesis` of the first event's algorithm) and the
 canonical encoding is the same sorted-key, ASCII-only JSON as segment chains (integrity.chain), so an auditor can
 recompute any link with jq and sha256sum. Every field of an event is committed, the sequence number included: an
 edited field, a removed, inserted or reordered event each break the chain at that event.
@@ -8,14 +10,20 @@ edited field, a removed, inserted or reordered event each break the chain at tha
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from integrity import suites
 from integrity.chain import canonical_json
 
 AUDIT_CHAIN_VERSION = 1
-GENESIS = hashlib.sha256(b"nvr/audit-chain/v1/genesis").hexdigest()
+
+
+def genesis(hash_alg: str = suites.DEFAULT_HASH) -> str:
+    return suites.digest(hash_alg, b"nvr/audit-chain/v1/genesis")
+
+
+GENESIS = genesis()
 
 # Every column of an audit event except the two the chain itself produces.
 HASHED_FIELDS = (
@@ -42,15 +50,22 @@ HASHED_FIELDS = (
 )
 
 
+def event_hash_alg(event: Mapping[str, object]) -> str:
+    return suites.check_hash_alg(str(event.get("hash_alg") or suites.DEFAULT_HASH))
+
+
 def canonical(event: Mapping[str, object]) -> bytes:
     missing = [f for f in HASHED_FIELDS if f not in event]
     if missing:
         raise KeyError(f"audit event lacks field(s) {missing}")
-    return canonical_json({**{f: event[f] for f in HASHED_FIELDS}, "v": AUDIT_CHAIN_VERSION})
+    body = {f: event[f] for f in HASHED_FIELDS}
+    if event_hash_alg(event) != suites.DEFAULT_HASH:
+        body["hash_alg"] = event["hash_alg"]
+    return canonical_json({**body, "v": AUDIT_CHAIN_VERSION})
 
 
 def link(prev_hash: str, event: Mapping[str, object]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(event)).hexdigest()
+    return suites.digest(event_hash_alg(event), bytes.fromhex(prev_hash) + canonical(event))
 
 
 @dataclass(frozen=True)
@@ -69,7 +84,7 @@ def verify(events: Iterable[Mapping[str, object]], head_seq: int, head_hash: str
     Returns the number of events checked and the first problem, or None. The first problem is the one to name:
     every later link depends on it.
     """
-    prev_hash = GENESIS
+    prev_hash: str | None = None
     expected_seq = 1
     checked = 0
     last_seq = 0
@@ -80,6 +95,8 @@ def verify(events: Iterable[Mapping[str, object]], head_seq: int, head_hash: str
                 missing = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq}..{seq - 1}"
                 return checked, AuditProblem(expected_seq, "missing", f"event(s) {missing} are not in the log")
             return checked, AuditProblem(seq, "reordered", f"event {seq} appears after event {expected_seq - 1}")
+        if prev_hash is None:
+            prev_hash = genesis(event_hash_alg(ev))
         if ev["prev_hash"] != prev_hash:
             return checked, AuditProblem(
                 seq, "prev_mismatch", "its stored previous hash is not the hash of the event before it"
@@ -91,6 +108,8 @@ def verify(events: Iterable[Mapping[str, object]], head_seq: int, head_hash: str
         expected_seq += 1
         last_seq = seq
         checked += 1
+    if prev_hash is None:
+        prev_hash = GENESIS
     if last_seq != head_seq or prev_hash != head_hash:
         if head_seq > last_seq:
             return checked, AuditProblem(

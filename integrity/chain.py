@@ -1,8 +1,10 @@
 """Per-camera hash chains over segment rows.
 
-``link = SHA-256(prev_link ‖ canonical(row))``, with ``prev_link`` of a camera's first segment being the camera's
-genesis value. Any edited, removed, inserted or reordered row changes every later link, so a verifier that
-recomputes the chain from the rows, and compares it with a signed checkpoint, names the first bad one.
+``link = H(prev_link ‖ canonical(row))``, with ``prev_link`` of a camera's first segment being the camera's
+genesis value and ``H`` the row's own ``hash_alg`` (SHA-256 or SM3, integrity.suites), so a chain that crosses a
+suite change verifies each link with the algorithm that made it. Any edited, removed, inserted or reordered row
+changes every later link, so a verifier that recomputes the chain from the rows, and compares it with a signed
+checkpoint, names the first bad one.
 
 The canonical encoding is JSON with sorted keys, no spaces and ASCII only: easy to reproduce with standard tools
 (an auditor with jq and sha256sum can recompute a link), and stable across Python versions.
@@ -10,10 +12,11 @@ The canonical encoding is JSON with sorted keys, no spaces and ASCII only: easy 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from integrity import suites
 
 CHAIN_VERSION = 1
 
@@ -32,16 +35,32 @@ LINKED_FIELDS = (
 )
 
 
-def genesis(camera_id: str) -> str:
+# Committed only when set, so rows made before they existed (SHA-256, not encrypted) keep their links: a row's
+# ``hash_alg`` when it is not SHA-256, and an encrypted segment's plaintext digest and cipher. ``sha256`` then
+# holds the digest of the stored (encrypted) bytes, with ``hash_alg``; the name is kept from version 1.
+OPTIONAL_FIELDS = ("hash_alg", "plain_digest", "encryption")
+
+
+def row_hash_alg(row: Mapping[str, object]) -> str:
+    return suites.check_hash_alg(str(row.get("hash_alg") or suites.DEFAULT_HASH))
+
+
+def genesis(camera_id: str, hash_alg: str = suites.DEFAULT_HASH) -> str:
     """A camera-specific start, so one camera's chain cannot be passed off as another's."""
-    return hashlib.sha256(f"nvr/segment-chain/v{CHAIN_VERSION}/genesis/{camera_id}".encode()).hexdigest()
+    return suites.digest(hash_alg, f"nvr/segment-chain/v{CHAIN_VERSION}/genesis/{camera_id}".encode())
 
 
 def canonical(row: Mapping[str, object]) -> bytes:
     missing = [f for f in LINKED_FIELDS if f not in row]
     if missing:
         raise KeyError(f"row lacks linked field(s) {missing}")
-    return canonical_json({**{f: row[f] for f in LINKED_FIELDS}, "v": CHAIN_VERSION})
+    body: dict[str, object] = {f: row[f] for f in LINKED_FIELDS}
+    if row_hash_alg(row) != suites.DEFAULT_HASH:
+        body["hash_alg"] = row["hash_alg"]
+    for f in ("plain_digest", "encryption"):
+        if row.get(f) is not None:
+            body[f] = row[f]
+    return canonical_json({**body, "v": CHAIN_VERSION})
 
 
 def canonical_json(body: Mapping[str, object]) -> bytes:
@@ -50,7 +69,7 @@ def canonical_json(body: Mapping[str, object]) -> bytes:
 
 
 def link(prev_link: str, row: Mapping[str, object]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_link) + canonical(row)).hexdigest()
+    return suites.digest(row_hash_alg(row), bytes.fromhex(prev_link) + canonical(row))
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ def verify_rows(camera_id: str, rows: list[Mapping[str, object]]) -> list[ChainP
     has deleted segments, :func:`verify_with_tombstones` checks the whole chain, tombstones included.
     """
     problems: list[ChainProblem] = []
-    expected_prev: str | None = genesis(camera_id)
+    expected_prev: str | None = genesis(camera_id, row_hash_alg(rows[0]) if rows else suites.DEFAULT_HASH)
     expected_seq = 1
     for i, row in enumerate(rows):
         seq = int(row["seq"])  # type: ignore[call-overload]
@@ -102,7 +121,16 @@ def verify_with_tombstones(
         key=lambda e: (e[0], e[1]),
     )
     problems: list[ChainProblem] = []
-    expected_prev, expected_seq, prev_name = genesis(camera_id), 1, "genesis"
+    first_alg = suites.DEFAULT_HASH
+    if elements and not elements[0][1]:
+        first_alg = row_hash_alg(elements[0][2])
+    elif elements:
+        # A tombstone keeps links, not the algorithm of the rows it stands for: its start is the genesis of
+        # whichever algorithm the camera's first segment used.
+        first_alg = next(
+            (a for a in suites.HASH_ALGS if genesis(camera_id, a) == elements[0][2]["prev_link"]), first_alg
+        )
+    expected_prev, expected_seq, prev_name = genesis(camera_id, first_alg), 1, "genesis"
     for seq, is_tombstone, el in elements:
         if is_tombstone:
             last = int(el["last_seq"])  # type: ignore[call-overload]

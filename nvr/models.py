@@ -91,6 +91,9 @@ class Volume(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     path: Mapped[str] = mapped_column(Text, unique=True)
     created_us: Mapped[int] = mapped_column(BigInteger)
+    encryption: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    """The cipher new segments on this volume are encrypted with (``aes-256-gcm``, ``sm4-gcm``), or None for plain
+    files (storage.crypt). Set when the volume is registered; each segment row records its own."""
 
 
 class Segment(Base):
@@ -122,6 +125,13 @@ class Segment(Base):
     clock_offset_us: Mapped[int] = mapped_column(BigInteger)
     """Server wall clock minus camera media time at the segment's first packet."""
     sha256: Mapped[str] = mapped_column(String(64))
+    """Digest of the stored bytes under ``hash_alg`` (the column's name is from when SHA-256 was the only one)."""
+    hash_alg: Mapped[str] = mapped_column(String(16), default="sha256", server_default="sha256")
+    """``sha256`` or ``sm3`` (integrity.suites): the algorithm of ``sha256``, ``plain_digest`` and ``link``."""
+    plain_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """An encrypted segment's plaintext (fMP4) digest under ``hash_alg``; None for a plain one."""
+    encryption: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    """The cipher of an encrypted segment (``aes-256-gcm``, ``sm4-gcm``); None for a plain one (storage.crypt)."""
     prev_link: Mapped[str] = mapped_column(String(64))
     link: Mapped[str] = mapped_column(String(64), unique=True)
     recovered: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -404,7 +414,8 @@ class PlaybackTicket(Base):
 
 
 class AuditEvent(Base):
-    """One line of the audit trail. ``hash = SHA-256(prev_hash ‖ canonical(event))`` (integrity.audit_chain);
+    """One line of the audit trail. ``hash = H(prev_hash ‖ canonical(event))`` (integrity.audit_chain), ``H`` the
+    event's ``hash_alg`` (None: SHA-256, as every event before suites could change);
     ``seq`` counts from 1 without holes. Rows are only ever inserted: no code path updates or deletes them."""
 
     __tablename__ = "audit_events"
@@ -433,6 +444,8 @@ class AuditEvent(Base):
     user_agent: Mapped[str | None] = mapped_column(Text, nullable=True)
     request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    hash_alg: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """``sm3`` when the event was chained with SM3; None for SHA-256 (every event before suites could change)."""
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 
@@ -519,6 +532,12 @@ class ExportRequest(Base):
     legal_basis: Mapped[str] = mapped_column(Text)
     recipient: Mapped[str] = mapped_column(Text)
     destination: Mapped[str] = mapped_column(Text)
+    recipient_key_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The public key (X25519 or SM2, PEM) the bundle is encrypted to, or None for a bundle in the clear."""
+    recipient_key_type: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """``x25519`` or ``sm2``."""
+    recipient_key_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """SHA-256 of the recipient key's DER SubjectPublicKeyInfo, as the audit records it."""
     route: Mapped[str] = mapped_column(String(20))
     """``approval`` (approvers of the owning units decide) or ``grant`` (unconditional cameras, export grant)."""
     grant_id: Mapped[int | None] = mapped_column(

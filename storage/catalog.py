@@ -92,6 +92,9 @@ def register_segment(
     recovered: bool,
     now_us: int,
     floor_days: int,
+    hash_alg: str = "sha256",
+    plain_digest: str | None = None,
+    encryption: str | None = None,
 ) -> Segment:
     """Insert the next row of the camera's chain. Runs inside the caller's transaction; flushes, never commits.
 
@@ -101,9 +104,13 @@ def register_segment(
     after the first commits; SQLite's write lock orders them) and gets ``segment_chain_conflict`` (CONFLICT)
     instead of a forked chain. The transaction is then unusable: the caller rolls it back (``db.session()`` does).
     The unique (camera_id, seq) and link constraints stay as a second guard.
+
+    ``sha256`` is the digest of the stored bytes under ``hash_alg`` (``sha256`` or ``sm3``); an encrypted segment
+    also gives its plaintext's ``plain_digest`` (same algorithm) and its ``encryption`` (cipher). A camera's first
+    segment starts from the genesis of its own algorithm.
     """
     heads = _heads(session, camera_id)
-    head_seq, head_link = newest(heads, camera_id)
+    head_seq, head_link = newest(heads, camera_id, hash_alg)
     end_us = start_us + media_duration_us
     row = Segment(
         camera_id=camera_id,
@@ -118,6 +125,9 @@ def register_segment(
         codecs=codecs,
         clock_offset_us=clock_offset_us,
         sha256=sha256,
+        hash_alg=hash_alg,
+        plain_digest=plain_digest,
+        encryption=encryption,
         prev_link=head_link,
         recovered=recovered,
         created_us=now_us,
@@ -155,7 +165,7 @@ def _advance_issued(session: Session, camera_id: str, expected: int | None, seq:
 
 
 def linked_fields(row: Segment) -> dict[str, object]:
-    return {f: getattr(row, f) for f in chain.LINKED_FIELDS}
+    return {f: getattr(row, f) for f in (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS)}
 
 
 def min_days(session: Session, camera_id: str, floor_days: int) -> int:
@@ -179,11 +189,11 @@ def chain_head(session: Session, camera_id: str) -> tuple[int, str]:
     return newest(_heads(session, camera_id), camera_id)
 
 
-def newest(heads: list[tuple[int, str, int]], camera_id: str) -> tuple[int, str]:
+def newest(heads: list[tuple[int, str, int]], camera_id: str, hash_alg: str = "sha256") -> tuple[int, str]:
     """The (seq, link) of the newest of ``(seq, link, source)`` heads; at equal seq a row beats a tombstone beats
-    the issued head beats a checkpoint. (0, genesis) when there are none."""
+    the issued head beats a checkpoint. (0, genesis of ``hash_alg``) when there are none."""
     if not heads:
-        return 0, chain.genesis(camera_id)
+        return 0, chain.genesis(camera_id, hash_alg)
     seq, link, _source = max(heads, key=lambda h: (h[0], h[2]))
     return seq, link
 
@@ -246,7 +256,7 @@ def verify_chain(session: Session, camera_id: str) -> list[chain.ChainProblem]:
 
     Reads every row of the camera (seq order, linked fields only): an audit-time check, not a per-request one.
     """
-    fields = (*chain.LINKED_FIELDS, "prev_link", "link")
+    fields = (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS, "prev_link", "link")
     rows = session.execute(
         select(*(getattr(Segment, f) for f in fields)).where(Segment.camera_id == camera_id).order_by(Segment.seq)
     )
