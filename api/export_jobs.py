@@ -475,7 +475,8 @@ class ExportRunner(BackgroundLoop):
                 s.add(_pin(job, requester.id, camera_id, r.window_start_us, r.window_end_us, now))
         # The pins are committed: from here on the sweeper leaves the window's segments alone.
         with svc.db.session() as s:
-            keys.ensure_key(s, settings.keys_dir, svc.clock.now_us())  # the first export of a fresh install
+            # the first export of a fresh install makes the first key, in the configured suite
+            keys.ensure_key(s, settings.keys_dir, svc.clock.now_us(), settings.crypto_suite)
         with svc.db.session() as s:
             job = s.get(ExportJob, job_id)
             r = s.get(ExportRequest, job.request_id) if job is not None else None

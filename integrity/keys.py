@@ -68,6 +68,18 @@ def active_key(session: Session) -> SigningKey | None:
     )
 
 
+def active_suite(session: Session) -> str:
+    """The crypto suite of the active signing key (what new segments, audit events and checkpoints are hashed
+    with), or the default suite before the first key is made."""
+    suite = session.scalar(
+        select(SigningKey.suite)
+        .where(SigningKey.retired_us.is_(None))
+        .order_by(SigningKey.created_us.desc(), SigningKey.key_id)
+        .limit(1)
+    )
+    return str(suite) if suite is not None else DEFAULT_SUITE
+
+
 def public_keys(session: Session) -> list[SigningKey]:
     """Every key the server has used, oldest first."""
     return list(session.scalars(select(SigningKey).order_by(SigningKey.created_us, SigningKey.key_id)))
@@ -262,7 +274,7 @@ def _start_log(session: Session, keys_dir: Path, row: SigningKey) -> bool:
         if kid == active.key_id:
             continue
         try:
-            info = signing.public_key_info(row.suite, pub.read_bytes())
+            info = _public_file_info(pub, row.suite)
         except (OSError, NvrError) as exc:
             log.warning("key log: not pinning %s: %s", pub, exc)
             continue
@@ -270,6 +282,19 @@ def _start_log(session: Session, keys_dir: Path, row: SigningKey) -> bool:
     _fsync_dir(keys_dir)
     log.info("started the pinned key log %s with key %s", keylog.path(keys_dir), active.key_id)
     return True
+
+
+def _public_file_info(pub: Path, first_suite: str) -> signing.PublicKey:
+    """An older public key file, of the active key's suite or (after a suite switch) another one."""
+    data = pub.read_bytes()
+    error: NvrError | None = None
+    for suite in (first_suite, *(x for x in signing.SUITES if x != first_suite)):
+        try:
+            return signing.public_key_info(suite, data)
+        except NvrError as exc:
+            error = error or exc
+    assert error is not None
+    raise error
 
 
 def purge_retired(session: Session, keys_dir: Path) -> list[str]:
@@ -310,6 +335,7 @@ def _create(
     )
     session.add(row)
     session.flush()
+    audit_log.forget_suite(session)  # the events after this one are hashed with the new key's suite
     return row
 
 

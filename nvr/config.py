@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(default=1000, ge=1, le=100_000)
     """Segments per sweeper batch (one garbage-list round and one audit event each)."""
 
+    crypto_suite: Literal["ed25519-sha256", "sm2-sm3"] = "ed25519-sha256"
+    """The crypto suite new signing keys are made in (integrity.suites): ``ed25519-sha256`` or ``sm2-sm3`` (SM2
+    signatures, SM3 hashes, SM4 encryption). ``nvr init`` makes the first key in it; changing it takes effect with
+    ``nvr keys rotate``. Material made before keeps verifying with the suite it names."""
     checkpoint_interval_minutes: float = Field(default=10.0, gt=0, le=1440)
     """How often the server writes a signed checkpoint of every camera's chain head and the audit log's head."""
     trusted_key_fingerprints: list[str] = Field(default_factory=list)

@@ -8,24 +8,33 @@ from typing import Annotated, Any
 import typer
 
 from nvr.cli.common import JsonOpt, YesOpt, app, camera_app, cli_actor, emit, runtime, segment_app, volume_app
+from nvr.cli.keys import SuiteOpt, chosen_suite
 from nvr.clock import iso
 from nvr.errors import NvrError
 
 
 # --- init and volumes ---------------------------------------------------------------------------------------
 @app.command()
-def init() -> None:
-    """Create the data folder, the database schema and the default volume."""
+def init(suite: SuiteOpt = None) -> None:
+    """Create the data folder, the database schema, the default volume and the first signing key (in --suite,
+    default the crypto_suite setting)."""
     from integrity import audit_log, keys
     from integrity.signing import format_fingerprint
 
     rt = runtime()
+    wanted = chosen_suite(suite, rt.settings)
     rt.init_default_volume()
     with rt.db.session() as s:
-        key = keys.ensure_key(s, rt.settings.keys_dir, rt.clock.now_us(), actor=cli_actor(), meta=audit_log.CLI)
-        key_id, fingerprint = key.key_id, key.fingerprint
+        key = keys.ensure_key(s, rt.settings.keys_dir, rt.clock.now_us(), wanted, actor=cli_actor(), meta=audit_log.CLI)
+        key_id, fingerprint, key_suite = key.key_id, key.fingerprint, key.suite
     typer.echo(f"data folder {rt.settings.data_dir} ready (database id {rt.db.database_id()})")
-    typer.echo(f"signing key {key_id}, fingerprint {fingerprint}")
+    typer.echo(f"signing key {key_id} ({key_suite}), fingerprint {fingerprint}")
+    if key_suite != wanted:
+        typer.echo(
+            f"note: the existing active key is {key_suite}, not {wanted}; 'nvr keys rotate --suite {wanted}' "
+            "switches it (what the old key signed keeps verifying)",
+            err=True,
+        )
     typer.echo(f"  (read aloud: {format_fingerprint(fingerprint)}); give it to bundle recipients separately")
 
 

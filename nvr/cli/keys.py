@@ -22,6 +22,21 @@ keys_app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 
+SuiteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--suite",
+        help="Crypto suite of the new key: ed25519-sha256 or sm2-sm3 (default: the crypto_suite setting).",
+    ),
+]
+
+
+def chosen_suite(suite: str | None, settings: Any) -> str:
+    """``--suite`` when given, else the ``crypto_suite`` setting; ``suite_unknown`` for another name."""
+    from integrity import suites
+
+    return suites.get(suite if suite is not None else settings.crypto_suite).name
+
 
 def _row(k: Any) -> dict[str, Any]:
     from integrity.signing import format_fingerprint
@@ -29,6 +44,7 @@ def _row(k: Any) -> dict[str, Any]:
     return {
         "key_id": k.key_id,
         "suite": k.suite,
+        "purpose": "signing",
         "fingerprint": k.fingerprint,
         "fingerprint_groups": format_fingerprint(k.fingerprint),
         "created": iso(k.created_us),
@@ -59,7 +75,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
             state = "active" if r["active"] else f"retired {r['retired']}"
             pin = "pinned" if r["pinned"] else f"NOT PINNED ({r['not_pinned_why']})"
             lines += [
-                f"{mark} {r['key_id']}  {r['suite']}  created {r['created']}  {state}  {pin}",
+                f"{mark} {r['key_id']}  {r['suite']}  {r['purpose']}  created {r['created']}  {state}  {pin}",
                 f"    fingerprint {r['fingerprint']}",
                 f"                {r['fingerprint_groups']}",
             ]
@@ -72,18 +88,25 @@ def keys_list(as_json: JsonOpt = False) -> None:
 @keys_app.command("rotate")
 def keys_rotate(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    suite: SuiteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Retire the active signing key and make a new one (the first one, if there is none). Bundles and checkpoints
-    signed with the old key still verify; its private key file is deleted. Recipients who pinned the old
+    signed with the old key still verify; its private key file is deleted. The new key is in --suite or else the
+    crypto_suite setting, so changing that setting and rotating switches the suite. Recipients who pinned the old
     fingerprint need the new one for bundles made from now on."""
     from integrity import audit_log, keys
 
     rt = runtime()
+    new_suite = chosen_suite(suite, rt.settings)
     with rt.db.session() as s:
         current = keys.active_key(s)
     if not yes:
-        what = f"retire signing key {current.key_id} and make a new one" if current else "make the first signing key"
+        what = (
+            f"retire signing key {current.key_id} ({current.suite}) and make a new {new_suite} one"
+            if current
+            else f"make the first signing key ({new_suite})"
+        )
         if not typer.confirm(f"{what}?"):
             typer.echo("nothing changed", err=True)
             raise typer.Exit(1)
@@ -91,9 +114,9 @@ def keys_rotate(
     retired = None
     with rt.db.session() as s:
         if keys.active_key(s) is None:
-            new = keys.ensure_key(s, kd, now, actor=actor, meta=audit_log.CLI)
+            new = keys.ensure_key(s, kd, now, new_suite, actor=actor, meta=audit_log.CLI)
         else:
-            retired, new = keys.rotate(s, kd, now, actor=actor, meta=audit_log.CLI)
+            retired, new = keys.rotate(s, kd, now, new_suite, actor=actor, meta=audit_log.CLI)
     with rt.db.session() as s:
         keys.purge_retired(s, kd)
     active = _row(new)

@@ -138,10 +138,19 @@ def test_no_key_yet_is_a_clear_precondition(runtime: Runtime) -> None:
     assert err.value.kind is Kind.FAILED_PRECONDITION
 
 
-def test_reserved_suite_is_refused(runtime: Runtime) -> None:
+def test_sm2_suite_key_and_unknown_suite(runtime: Runtime) -> None:
+    """sm2-sm3 was reserved; it now makes a real SM2 key whose signatures verify. Unknown names are refused."""
+    kd = runtime.settings.keys_dir
+    with runtime.db.session() as s:
+        row = keys.ensure_key(s, kd, T0, suite="sm2-sm3")
+    assert row.suite == "sm2-sm3"
+    assert _openssl_fingerprint(keys.public_path(kd, row.key_id)) == row.fingerprint
+    with runtime.db.session() as s:
+        signer = keys.active_signer(s, kd)
+    assert signing.verify("sm2-sm3", row.public_key_pem, b"body", signer.sign(b"body"))
     with pytest.raises(NvrError) as err, runtime.db.session() as s:
-        keys.ensure_key(s, runtime.settings.keys_dir, T0, suite="sm2-sm3")
-    assert err.value.code == "suite_unavailable"
+        keys.rotate(s, kd, T0 + 1, suite="sm9-sm3")
+    assert err.value.code == "suite_unknown"
 
 
 # --- the command -------------------------------------------------------------------------------------------------
