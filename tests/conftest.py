@@ -3,7 +3,10 @@ production is, fresh per test; a temporary data folder; an injectable clock."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,14 +41,70 @@ def _drop_pg_database(base_url: str, name: str) -> None:
     admin.dispose()
 
 
+_READS_ENGINE = re.compile(r"\b(?:TEST_DATABASE_URL|PG_URL)\b")
+"""How a test or fixture that picks the engine itself shows it: it names the variable (or this module's copy)."""
+
+
+def _engine_dependent(item: pytest.Item) -> bool:
+    """Whether ``item``'s outcome can depend on the pass's engine (see pytest_collection_modifyitems). Anything this
+    cannot inspect counts as dependent, so a doubt costs a PostgreSQL run rather than a lost one."""
+    if item.get_closest_marker("database_any") is not None:
+        return True
+    fixturenames = getattr(item, "fixturenames", None)
+    fixtureinfo = getattr(item, "_fixtureinfo", None)
+    function = getattr(item, "function", None)
+    if fixturenames is None or fixtureinfo is None or function is None:
+        return True
+    if "database_url" in fixturenames:
+        return True
+    code = [function] + [d.func for defs in fixtureinfo.name2fixturedefs.values() for d in defs]
+    for obj in code:
+        try:
+            source = _source(obj)
+        except (OSError, TypeError):
+            return True
+        if _READS_ENGINE.search(source):
+            return True
+    return False
+
+
+@functools.cache
+def _source(obj: Callable[..., object]) -> str:
+    return inspect.getsource(obj)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``@pytest.mark.database("sqlite"|"postgresql")``: a test of one engine's own tool (SQLite's backup API,
-    pg_dump) runs in that engine's pass of scripts/test and is deselected, not skipped, in the other."""
+    """Which tests each pass of scripts/test runs; the others are deselected, not skipped, so neither pass reports
+    a skip that is not one.
+
+    ``@pytest.mark.database("sqlite"|"postgresql")``: a test of one engine's own tool (SQLite's backup API,
+    pg_dump) runs in that engine's pass only.
+
+    The PostgreSQL pass (TEST_DATABASE_URL set) runs only the tests whose outcome can depend on the engine; any
+    other test runs the very same code in both passes, so the SQLite pass alone runs it. A test is engine-dependent
+    when any of these holds:
+
+    - the ``database_url`` fixture is in its fixture closure (directly, or through ``settings_factory``,
+      ``runtime``, ``db``, ``nvr_env``, ``api``, ... -- everything here that opens the database or points an
+      ``nvr`` subprocess at it goes through ``database_url``);
+    - the test function or one of its fixtures names ``TEST_DATABASE_URL`` or ``PG_URL`` in its source (a test
+      that picks the engine itself, such as tests/test_bench_quick.py passing it to a benchmark's ``--db``);
+    - it is marked ``@pytest.mark.database("postgresql")`` or ``@pytest.mark.database_any`` -- the marker to
+      use when a test reaches the engine some other way, e.g. through a helper that reads TEST_DATABASE_URL,
+      which the source check above does not follow;
+    - its source or fixture information cannot be inspected.
+
+    A test that opens a database of its own without any of these (``sqlite:///`` in its temporary folder, an
+    ``nvr`` subprocess left on its default SQLite file) uses SQLite in both passes, so it is not engine-dependent.
+    """
     engine = "postgresql" if PG_URL else "sqlite"
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         marker = item.get_closest_marker("database")
-        (drop if marker is not None and marker.args[0] != engine else keep).append(item)
+        only = marker.args[0] if marker is not None else None
+        selected = only == engine if only else engine == "sqlite" or _engine_dependent(item)
+        (keep if selected else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
