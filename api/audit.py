@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from integrity import audit_chain
+from integrity import audit_chain, audit_log
 from integrity.audit_log import (  # noqa: F401  (the writer, re-exported for the routers)
     ANONYMOUS,
     CLI,
@@ -80,7 +80,7 @@ def verify(session: Session, batch: int = 5000) -> tuple[int, audit_chain.AuditP
 
 
 def _plain_rows(session: Session, batch: int) -> Iterator[dict[str, Any]]:
-    names = (*audit_chain.HASHED_FIELDS, "prev_hash", "hash")
+    names = audit_log.VERIFIED_FIELDS
     cols = [getattr(AuditEvent, f) for f in names]
     last = 0
     while True:
@@ -88,7 +88,7 @@ def _plain_rows(session: Session, batch: int) -> Iterator[dict[str, Any]]:
         if not rows:
             return
         for r in rows:
-            yield {n: _plain(v) for n, v in zip(names, r, strict=True)}
+            yield audit_log.checkable({n: _plain(v) for n, v in zip(names, r, strict=True)})
         last = rows[-1][0]
 
 

@@ -101,7 +101,7 @@ def _overlapping(s: Session, cols: tuple[Any, ...], camera_id: str, start_us: in
 
 
 _PLAYBACK_COLS = (
-    *(getattr(Segment, f) for f in chain.LINKED_FIELDS),
+    *(getattr(Segment, f) for f in (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS)),
     Segment.prev_link,
     Segment.link,
     Volume.path,
@@ -126,7 +126,11 @@ def playback_refs(s: Session, camera_id: str, start_us: int, end_us: int) -> lis
     refs = []
     for r in rows:
         problem = None
-        if chain.link(r.prev_link, r._mapping) != r.link:
+        try:
+            relinked = chain.link(r.prev_link, r._mapping)
+        except NvrError:  # a hash_alg the server never writes: the row was edited
+            relinked = None
+        if relinked != r.link:
             problem = "the catalogue row does not match its chain link (its sha256, size or times were changed)"
         elif links.get(r.seq - 1, r.prev_link) != r.prev_link:
             problem = f"the catalogue row's prev_link is not the link of seq {r.seq - 1} (the chain was rewritten)"
@@ -139,6 +143,7 @@ def playback_refs(s: Session, camera_id: str, start_us: int, end_us: int) -> lis
                 bytes=r.bytes,
                 sha256=r.sha256,
                 row_problem=problem,
+                hash_alg=chain.row_hash_alg(r._mapping) if relinked is not None else "sha256",
             )
         )
     return refs

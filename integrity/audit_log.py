@@ -7,23 +7,40 @@ Appending first bumps the single ``audit_head`` row (``UPDATE … RETURNING`` th
 that row lock (PostgreSQL) or the write lock (SQLite; its driver opens the transaction at that first write) makes
 concurrent writers take turns, so sequence numbers have no holes and every event links to exactly one predecessor.
 Nothing here updates or deletes an event; the chain itself is :mod:`integrity.audit_chain`.
+
+Each event is hashed with the active suite's algorithm (the active signing key's suite, integrity.keys.active_suite)
+and says so in ``hash_alg``: ``sm3`` under ``sm2-sm3``, None for SHA-256 (as every event made before suites could
+change), so a log that crosses a suite change verifies event by event. The suite is cached per database for
+:data:`SUITE_TTL_S` seconds (a key rotation in this process forgets it at once); a stale value only means a few
+more events of the old algorithm, each still naming its own.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from integrity import audit_chain
-from nvr.models import AuditEvent, AuditHead
+from integrity import audit_chain, suites
+from nvr.models import AuditEvent, AuditHead, SigningKey
 
 _HEAD = cast(Table, AuditHead.__table__)
 _EVENTS = cast(Table, AuditEvent.__table__)
 OUTCOMES = ("allowed", "denied", "ok", "terminated", "failed")
+VERIFIED_FIELDS = (*audit_chain.HASHED_FIELDS, "hash_alg", "prev_hash", "hash")
+"""What a stored event gives the chain check (integrity.audit_chain.verify): every hashed field, its algorithm, and
+the two links."""
+SUITE_TTL_S = 5.0
+"""How long the active suite's hash algorithm is reused before it is read from the database again."""
+_suite_cache: weakref.WeakKeyDictionary[Engine, tuple[float, str | None]] = weakref.WeakKeyDictionary()
+_suite_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -75,6 +92,9 @@ def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: E
     seq, prev_hash = conn.execute(
         update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
     ).one()
+    hash_alg = event_hash_alg(session)
+    if seq == 1 and hash_alg is not None:
+        prev_hash = audit_chain.genesis(hash_alg)  # the head row starts at SHA-256's genesis
     row: dict[str, Any] = {
         "seq": seq,
         "at_us": now_us,
@@ -96,6 +116,7 @@ def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: E
         "user_agent": _clip(meta.user_agent, 500),
         "request_id": _clip(meta.request_id, 64),
         "bytes": ev.bytes,
+        "hash_alg": hash_alg,
     }
     digest = audit_chain.link(prev_hash, row)
     add_event = insert(_EVENTS).values(**row, prev_hash=prev_hash, hash=digest)
@@ -109,6 +130,38 @@ def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: E
     return int(seq)
 
 
+def event_hash_alg(session: Session) -> str | None:
+    """The ``hash_alg`` a new event gets: None for SHA-256 (the default suite), else the active suite's algorithm."""
+    engine = session.get_bind()
+    now = time.monotonic()
+    key = engine if isinstance(engine, Engine) else None
+    if key is not None:
+        with _suite_lock:
+            cached = _suite_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+    suite = session.scalar(
+        select(SigningKey.suite)
+        .where(SigningKey.retired_us.is_(None))
+        .order_by(SigningKey.created_us.desc(), SigningKey.key_id)
+        .limit(1)
+    )
+    alg = suites.get(str(suite)).hash_alg if suite is not None else suites.DEFAULT_HASH
+    value = None if alg == suites.DEFAULT_HASH else alg
+    if key is not None:
+        with _suite_lock:
+            _suite_cache[key] = (now + SUITE_TTL_S, value)
+    return value
+
+
+def forget_suite(session: Session) -> None:
+    """Drop the cached suite of ``session``'s database: the next event reads it again (after a key is made)."""
+    engine = session.get_bind()
+    if isinstance(engine, Engine):
+        with _suite_lock:
+            _suite_cache.pop(engine, None)
+
+
 def _clip(text: str | None, n: int) -> str | None:
     return text if text is None or len(text) <= n else text[: n - 1] + "…"
 
@@ -120,13 +173,22 @@ def verify(session: Session, batch: int = 5000) -> tuple[int, audit_chain.AuditP
 
 
 def _all_rows(session: Session, batch: int) -> Iterator[dict[str, Any]]:
-    cols = [getattr(AuditEvent, f) for f in (*audit_chain.HASHED_FIELDS, "prev_hash", "hash")]
-    names = (*audit_chain.HASHED_FIELDS, "prev_hash", "hash")
+    cols = [getattr(AuditEvent, f) for f in VERIFIED_FIELDS]
+    names = VERIFIED_FIELDS
     last = 0
     while True:
         rows = session.execute(select(*cols).where(AuditEvent.seq > last).order_by(AuditEvent.seq).limit(batch)).all()
         if not rows:
             return
         for r in rows:
-            yield dict(zip(names, r, strict=True))
+            yield checkable(dict(zip(names, r, strict=True)))
         last = rows[-1][0]
+
+
+def checkable(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` as audit_chain.verify can take it: a ``hash_alg`` the writer never writes (an edited row) cannot be
+    hashed, so the event is given SHA-256 and a hash no digest equals, and the check names it as edited."""
+    alg = event.get("hash_alg")
+    if alg is not None and alg not in suites.HASH_ALGS:
+        return {**event, "hash_alg": None, "hash": f"unknown hash_alg {str(alg)[:40]!r}"}
+    return event

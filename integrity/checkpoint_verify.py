@@ -22,7 +22,6 @@ most heads of one checkpoint are new, so the work grows with (checkpoints x came
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -103,7 +102,7 @@ def check(
         for cp in rows:
             res.checkpoints += 1
             seq = int(cp.seq or 0)
-            digest = checkpoints.body_hash(cp.body)
+            digest = checkpoints.checkpoint_hash(cp)
             by_seq[seq] = (digest, cp.body)
             subject = _cp_subject(seq)
             if cp.key_id not in pinned.keys:
@@ -279,7 +278,8 @@ def _against_witness(
         if have is not None and have[0] == e["hash"]:
             continue
         body_text = e.get("body")
-        if isinstance(body_text, str) and hashlib.sha256(body_text.encode("ascii", "replace")).hexdigest() != e["hash"]:
+        entry_alg = checkpoints.suite_hash_alg(e.get("suite"))
+        if isinstance(body_text, str) and checkpoints.body_hash(body_text, entry_alg) != e["hash"]:
             res.problems.append(
                 Problem(
                     "unverifiable",

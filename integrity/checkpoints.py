@@ -24,7 +24,6 @@ database do not each write their own), creating the first signing key if there i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from integrity import keys, records, signing, witness
+from integrity import keys, records, signing, suites, witness
 from integrity.chain import canonical_json
 from nvr.background import BackgroundLoop
 from nvr.clock import Clock
@@ -112,9 +111,23 @@ def make_body(session: Session, now_us: int, database_id: str, seq: int = 0, pre
     return canonical_json(body).decode("ascii")
 
 
-def body_hash(body: str) -> str:
-    """What the next checkpoint's ``prev_hash`` names: SHA-256 of the body's exact bytes."""
-    return hashlib.sha256(body.encode("ascii")).hexdigest()
+def body_hash(body: str, hash_alg: str = suites.DEFAULT_HASH) -> str:
+    """What the next checkpoint's ``prev_hash`` names: the digest of the body's exact bytes under the algorithm of
+    the checkpoint's suite (SHA-256 for ``ed25519-sha256``, SM3 for ``sm2-sm3``; :func:`suite_hash_alg`)."""
+    return suites.digest(hash_alg, body.encode("ascii"))
+
+
+def suite_hash_alg(suite: str | None) -> str:
+    """The hash algorithm of a checkpoint's suite. A suite the server does not know (a row written by hand) is
+    hashed as SHA-256: its signature check reports it."""
+    s = suites.SUITES.get(str(suite))
+    return s.hash_alg if s is not None else suites.DEFAULT_HASH
+
+
+def checkpoint_hash(row: Checkpoint) -> str:
+    """The hash of a stored checkpoint's body with its own suite's algorithm (what its successor's ``prev_hash``
+    and a witness entry name)."""
+    return body_hash(row.body, suite_hash_alg(row.suite))
 
 
 def newest(session: Session) -> Checkpoint | None:
@@ -140,7 +153,7 @@ def make_checkpoint(
     stays visible instead of being papered over with re-used numbers."""
     session.execute(update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq))
     last = newest(session)
-    seq, prev = (int(last.seq or 0), last.hash or body_hash(last.body)) if last is not None else (0, None)
+    seq, prev = (int(last.seq or 0), last.hash or checkpoint_hash(last)) if last is not None else (0, None)
     if continue_from is not None and continue_from[0] > seq:
         log.error(
             "the database's newest checkpoint is seq %d but a witness has seq %d: checkpoints were removed from the "
@@ -158,7 +171,7 @@ def make_checkpoint(
         signature=signer.sign(body.encode("ascii")).hex(),
         seq=seq + 1,
         prev_hash=prev,
-        hash=body_hash(body),
+        hash=body_hash(body, suite_hash_alg(signer.suite)),
     )
     session.add(row)
     session.flush()
@@ -173,7 +186,7 @@ def sign_checkpoint(db: Database, settings: Settings, clock: Clock, now_us: int 
 
     database_id = db.database_id()
     with db.session() as s:
-        keys.ensure_key(s, settings.keys_dir, clock.now_us())
+        keys.ensure_key(s, settings.keys_dir, clock.now_us(), settings.crypto_suite)
     with db.session() as s:
         row = make_checkpoint(
             s,
@@ -400,7 +413,7 @@ class CheckpointScheduler(BackgroundLoop):
     def _start_up(self) -> None:
         self._database_id = self.db.database_id()
         with self.db.session() as s:
-            keys.ensure_key(s, self.keys_dir, self.clock.now_us())
+            keys.ensure_key(s, self.keys_dir, self.clock.now_us(), self.settings.crypto_suite)
         with self.db.session() as s:
             keys.purge_retired(s, self.keys_dir)
 

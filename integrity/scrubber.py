@@ -7,14 +7,14 @@ the totals. Reading is limited to ``scrub_read_mb_per_second`` by a token bucket
 assert on the requested pauses rather than wall time); 0 turns the scrubber off. A pass starts at most every
 ``scrub_pass_interval_hours``.
 
-Each segment is compared with its row (integrity.verify_archive.check_file). A ``hash_mismatch`` or
-``missing_file`` becomes an open :class:`~nvr.models.IntegrityFinding` (one per problem: an open one is not
-duplicated) and one audit event (``integrity.scrub.mismatch`` / ``integrity.scrub.missing``, outcome ``failed``,
-by the system); while any finding is open /health carries the ``integrity_mismatch`` alarm. A later scrub that
-finds the segment fine again resolves its findings, and so does the sweeper deleting it (its number is then inside a
-tombstone). Every completed pass writes ``integrity.scrub.pass`` with its
-counts. Segments on a volume without its identity file (not mounted) are skipped: that is the
-``volume_unavailable`` storage alarm, not thousands of findings.
+Each segment is re-hashed with its row's ``hash_alg`` and compared with the row
+(integrity.verify_archive.check_file). A ``hash_mismatch`` or ``missing_file`` becomes an open
+:class:`~nvr.models.IntegrityFinding` (one per problem: an open one is not duplicated) and one audit event
+(``integrity.scrub.mismatch`` / ``integrity.scrub.missing``, outcome ``failed``, by the system); while any finding
+is open /health carries the ``integrity_mismatch`` alarm. A later scrub that finds the segment fine again resolves
+its findings, and so does the sweeper deleting it (its number is then inside a tombstone). Every completed pass
+writes ``integrity.scrub.pass`` with its counts. Segments on a volume without its identity file (not mounted) are
+skipped: that is the ``volume_unavailable`` storage alarm, not thousands of findings.
 
 Metrics (:func:`metric_families`) are read from the database at scrape time, so the API process reports what the
 recorder process's scrubber did.
@@ -41,6 +41,7 @@ from integrity.verify_archive import (
     hash_file,
     open_counts,
     open_finding,
+    row_alg,
     still_current,
 )
 from nvr.background import BackgroundLoop
@@ -185,7 +186,7 @@ class Scrubber(BackgroundLoop):
                 rows = s.execute(
                     select(
                         Segment.id, Segment.camera_id, Segment.seq, Segment.volume_id, Segment.rel_path,
-                        Segment.bytes, Segment.sha256, Segment.start_us, Segment.end_us,
+                        Segment.bytes, Segment.sha256, Segment.hash_alg, Segment.start_us, Segment.end_us,
                     )
                     .where(Segment.id > cursor, Segment.sweep_batch_id.is_(None))
                     .order_by(Segment.id)
@@ -204,7 +205,7 @@ class Scrubber(BackgroundLoop):
         result: FileHash | OSError | None = None
         if mounted:
             try:
-                result = hash_file(path, self._buf, on_chunk=limiter.take)
+                result = hash_file(path, self._buf, on_chunk=limiter.take, hash_alg=row_alg(row))
             except OSError as exc:
                 result = exc
         problem = check_file(row, result, path) if result is not None else None

@@ -22,12 +22,13 @@ could have caused (a row deleted while we read, a file renamed into place before
 again before it is reported.
 
 Hashing reads in large chunks into a reused buffer (``readinto``), and :func:`hash_files` runs two threads so one
-file is read while another is hashed (``hashlib`` releases the GIL): OpenSSL's speed, not Python's.
+file is read while another is hashed (``hashlib`` releases the GIL): OpenSSL's speed, not Python's. Each file is
+hashed with its row's ``hash_alg`` (SHA-256, or SM3 under the ``sm2-sm3`` suite; integrity.suites), and each chain
+link recomputed with its row's, so an archive that switched suite verifies old and new rows alike.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -43,7 +44,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from integrity import audit_log, chain
+from integrity import audit_log, chain, suites
 from integrity.problems import Problem
 from nvr.config import Settings
 from nvr.db import Database
@@ -117,18 +118,22 @@ def journal_beside(path: Path) -> Path:
 @dataclass(frozen=True)
 class FileHash:
     sha256: str
+    """The digest under ``hash_alg`` (the name is from when SHA-256 was the only one, as the row's column)."""
     size: int
+    hash_alg: str = suites.DEFAULT_HASH
 
 
 def hash_file(
     path: str | os.PathLike[str],
     buf: bytearray | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    hash_alg: str = suites.DEFAULT_HASH,
 ) -> FileHash:
-    """SHA-256 and size of a file, read with ``readinto`` into ``buf`` (reused across calls; ``CHUNK`` bytes by
-    default). ``on_chunk(n)`` is called after each read (progress, or the scrubber's rate limit)."""
+    """Digest (``hash_alg``: ``sha256`` or ``sm3``) and size of a file, read with ``readinto`` into ``buf`` (reused
+    across calls; ``CHUNK`` bytes by default). ``on_chunk(n)`` is called after each read (progress, or the
+    scrubber's rate limit)."""
     view = memoryview(buf if buf is not None else bytearray(CHUNK))
-    h = hashlib.sha256()
+    h = suites.new_hash(hash_alg)
     size = 0
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(view):  # type: ignore[attr-defined]
@@ -136,16 +141,21 @@ def hash_file(
             size += n
             if on_chunk is not None:
                 on_chunk(n)
-    return FileHash(h.hexdigest(), size)
+    return FileHash(h.hexdigest(), size, hash_alg)
 
 
 T = TypeVar("T")
 
 
 def hash_files(
-    items: Iterable[T], path_of: Callable[[T], Path], threads: int = THREADS, chunk: int = CHUNK
+    items: Iterable[T],
+    path_of: Callable[[T], Path],
+    threads: int = THREADS,
+    chunk: int = CHUNK,
+    alg_of: Callable[[T], str] | None = None,
 ) -> Iterator[tuple[T, FileHash | OSError]]:
-    """Hash each item's file on ``threads`` threads, yielding ``(item, FileHash or the OSError)`` in input order.
+    """Hash each item's file on ``threads`` threads, yielding ``(item, FileHash or the OSError)`` in input order;
+    ``alg_of(item)``: the algorithm to hash it with (default SHA-256).
 
     At most ``2 * threads`` files are in flight, so memory is flat however many items come; each thread reuses its
     own buffer. With two threads one file is read while the other is hashed."""
@@ -156,7 +166,8 @@ def hash_files(
         if buf is None:
             buf = local.buf = bytearray(chunk)
         try:
-            return hash_file(path_of(item), buf)
+            alg = alg_of(item) if alg_of is not None else suites.DEFAULT_HASH
+            return hash_file(path_of(item), buf, hash_alg=alg)
         except OSError as exc:
             return exc
 
@@ -333,9 +344,9 @@ def _camera_chain(db: Database, camera_id: str, batch: int) -> tuple[list[Proble
                 .order_by(T.first_seq)
             ).mappings()
         ]
-    cols = [getattr(Segment, f) for f in (*chain.LINKED_FIELDS, "prev_link", "link")]
-    genesis = chain.genesis(camera_id)
-    expected_seq, expected_prev, prev_name, prev_end = 1, genesis, "genesis", None
+    cols = [getattr(Segment, f) for f in (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS, "prev_link", "link")]
+    genesis: str | None = None  # the camera's genesis, of the algorithm of its first segment
+    expected_seq, expected_prev, prev_name, prev_end = 1, "", "genesis", None
     problems: list[Problem] = []
     ti, last, nrows = 0, 0, 0
     while True:
@@ -349,10 +360,27 @@ def _camera_chain(db: Database, camera_id: str, batch: int) -> tuple[list[Proble
             ]  # fmt: skip
         final = len(rows) < batch
         upper = None if final else int(rows[-1]["seq"])
+        unknown = [r for r in rows if not _known_alg(r.get("hash_alg"))]
+        for r in unknown:  # never written by the server: the row was edited; checked on as SHA-256 to go on
+            problems.append(
+                Problem(
+                    "chain_break",
+                    camera_id,
+                    int(r["seq"]),
+                    int(r["start_us"]),
+                    segment_subject(camera_id, int(r["seq"])),
+                    f"its hash_alg {str(r['hash_alg'])[:40]!r} is not a known algorithm "
+                    f"({', '.join(suites.HASH_ALGS)}): the row was edited",
+                )
+            )
+            r["hash_alg"] = suites.DEFAULT_HASH
         these = []
         while ti < len(tombs) and (upper is None or tombs[ti]["first_seq"] <= upper):
             these.append(tombs[ti])
             ti += 1
+        if genesis is None and (rows or tombs):
+            genesis = _camera_genesis(camera_id, rows, tombs)
+            expected_prev = genesis
         if rows or these:
             carry, carry_prev = [], prev_name
             carry_name = f"last link of tombstone seq 1..{expected_seq - 1}"
@@ -381,7 +409,25 @@ def _camera_chain(db: Database, camera_id: str, batch: int) -> tuple[list[Proble
         if final:
             break
         last = int(rows[-1]["seq"])
-    return problems, nrows, (expected_seq - 1, expected_prev)
+    return problems, nrows, (expected_seq - 1, expected_prev or chain.genesis(camera_id))
+
+
+def _known_alg(alg: object) -> bool:
+    return alg is None or alg in suites.HASH_ALGS
+
+
+def _camera_genesis(camera_id: str, rows: list[dict[str, Any]], tombs: list[dict[str, Any]]) -> str:
+    """The genesis the camera's chain starts from: that of its first segment's algorithm, or, when retention has
+    deleted the first segments, the genesis of whichever algorithm the first tombstone continues from."""
+    first_row = rows[0] if rows else None
+    first_tomb = tombs[0] if tombs else None
+    if first_row is not None and (first_tomb is None or int(first_row["seq"]) < int(first_tomb["first_seq"])):
+        return chain.genesis(camera_id, chain.row_hash_alg(first_row))
+    if first_tomb is not None:
+        for alg in suites.HASH_ALGS:
+            if chain.genesis(camera_id, alg) == first_tomb["prev_link"]:
+                return chain.genesis(camera_id, alg)
+    return chain.genesis(camera_id)
 
 
 def _chain_problem(
@@ -423,6 +469,7 @@ def _rows_by_id(db: Database, batch: int) -> Iterator[Any]:
         Segment.rel_path,
         Segment.bytes,
         Segment.sha256,
+        Segment.hash_alg,
         Segment.start_us,
     )
     while True:
@@ -439,9 +486,17 @@ def _rows_by_id(db: Database, batch: int) -> Iterator[Any]:
         last = rows[-1].id
 
 
+def row_alg(row: Any) -> str:
+    """The algorithm to re-hash a row's file with: its ``hash_alg`` (SHA-256 for rows without one, or with one the
+    server never writes: :func:`check_file` reports that as a mismatch)."""
+    alg = getattr(row, "hash_alg", None)
+    return alg if alg in suites.HASH_ALGS else suites.DEFAULT_HASH
+
+
 def check_file(row: Any, result: FileHash | OSError, path: Path, unmounted: Path | None = None) -> Problem | None:
-    """Compare one re-hashed file with its row (``row`` has camera_id, seq, start_us, bytes, sha256);
-    ``unmounted``: the row's volume folder, when it lacks its identity file."""
+    """Compare one re-hashed file with its row (``row`` has camera_id, seq, start_us, bytes, sha256 and
+    hash_alg, the file hashed with :func:`row_alg`); ``unmounted``: the row's volume folder, when it lacks its
+    identity file."""
     subject = segment_subject(row.camera_id, row.seq)
     if isinstance(result, OSError):
         if unmounted is not None:
@@ -451,10 +506,21 @@ def check_file(row: Any, result: FileHash | OSError, path: Path, unmounted: Path
         else:
             why = f"the file cannot be read ({result.strerror or result})"
         return Problem("missing_file", row.camera_id, row.seq, row.start_us, subject, f"{path}: {why}")
+    recorded_alg = getattr(row, "hash_alg", None) or suites.DEFAULT_HASH
+    if recorded_alg not in suites.HASH_ALGS:
+        return Problem(
+            "hash_mismatch",
+            row.camera_id,
+            row.seq,
+            row.start_us,
+            subject,
+            f"{path}: the row's hash_alg {str(recorded_alg)[:40]!r} is not a known algorithm, so its digest cannot be "
+            "checked (the row was edited)",
+        )
     if result.size != row.bytes or result.sha256 != row.sha256:
         what = [f"size {result.size} != {row.bytes}"] if result.size != row.bytes else []
         if result.sha256 != row.sha256:
-            what.append(f"sha256 {result.sha256[:16]}… != recorded {row.sha256[:16]}…")
+            what.append(f"{result.hash_alg} {result.sha256[:16]}… != recorded {str(row.sha256)[:16]}…")
         return Problem("hash_mismatch", row.camera_id, row.seq, row.start_us, subject, f"{path}: {', '.join(what)}")
     return None
 
@@ -480,7 +546,7 @@ def _rehash(
     def path_of(row: Any) -> Path:
         return volumes[row.volume_id] / row.rel_path
 
-    for row, result in hash_files(_rows_by_id(db, batch), path_of, threads):
+    for row, result in hash_files(_rows_by_id(db, batch), path_of, threads, alg_of=row_alg):
         if isinstance(result, FileHash):
             report.segments += 1
             report.bytes += result.size

@@ -58,7 +58,7 @@ def entry(row: Checkpoint, full: bool = True) -> dict[str, Any]:
         "id": row.id,
         "created_us": row.created_us,
         "key_id": row.key_id,
-        "hash": checkpoints.body_hash(row.body),
+        "hash": checkpoints.checkpoint_hash(row),
         "prev_hash": row.prev_hash,
     }
     if full:
@@ -191,7 +191,7 @@ def _catch_up_one(s: Session, trusted: Mapping[str, Any], p: Path, full: bool) -
                 log.error("not copying checkpoint %s into the witness %s: %s", row.id, p, why)
                 break
             good.append(entry(row, full=full))
-            after, prev = int(row.seq or 0), checkpoints.body_hash(row.body)
+            after, prev = int(row.seq or 0), checkpoints.checkpoint_hash(row)
         if good:
             try:  # through the locked descriptor (O_APPEND), then fsync: one write per catch-up
                 os.write(

@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from integrity import suites
 from nvr.errors import Kind, NvrError
 from storage.fmp4 import Fmp4Error, Fragment, TrackInit, parse_moof_timing, read_init_tracks, scan
 
@@ -101,11 +102,14 @@ class SegmentRef:
     end_us: int
     bytes: int
     sha256: str | None = None
-    """The file's SHA-256 as the catalogue recorded it. When set, the file is hashed before any of its bytes is
-    produced; None (the export, which re-hashes its originals itself) checks sizes and structure only."""
+    """The file's digest (under ``hash_alg``) as the catalogue recorded it. When set, the file is hashed before any
+    of its bytes is produced; None (the export, which re-hashes its originals itself) checks sizes and structure
+    only."""
     row_problem: str | None = None
     """Why the caller found the catalogue row itself inconsistent (its chain link does not recompute), if it did:
     the segment is then refused (``chain_break``) before its file is opened."""
+    hash_alg: str = suites.DEFAULT_HASH
+    """The algorithm of ``sha256`` (the row's ``hash_alg``: ``sha256`` or ``sm3``)."""
 
 
 @dataclass(frozen=True)
@@ -188,11 +192,11 @@ def _classify(seg: SegmentRef, what: str) -> SegmentDamaged:
         return _damaged(seg, None, what)
     try:
         with open(seg.path, "rb") as f:
-            found = hashlib.sha256(f.read()).hexdigest()
+            found = suites.digest(seg.hash_alg, f.read())
     except OSError as exc:
         return _damaged(seg, "missing_file", f"{what}; the file cannot be read ({exc.strerror or exc})")
     if found != seg.sha256:
-        return _damaged(seg, "hash_mismatch", f"{what}; sha256 {found[:16]}… != recorded {seg.sha256[:16]}…")
+        return _damaged(seg, "hash_mismatch", f"{what}; {seg.hash_alg} {found[:16]}… != recorded {seg.sha256[:16]}…")
     return _damaged(seg, None, f"{what} (its bytes are the recorded ones)")
 
 
@@ -419,7 +423,7 @@ def _load(seg: SegmentRef, stop: Stop | None = None) -> bytearray:
     sent from this segment is taken from this buffer, so what was checked is what is sent. Each piece is hashed
     from the buffer once it is there (not from a second read), and the buffer is never written again. ``stop()`` is
     asked between pieces: a reader nobody waits for any more does not read and hash the rest of a 60 MB file."""
-    digest = hashlib.sha256() if seg.sha256 is not None else None
+    digest = suites.new_hash(seg.hash_alg) if seg.sha256 is not None else None
     with _open_checked(seg, buffering=0) as f:
         data = bytearray(seg.bytes)
         got = 0
@@ -441,7 +445,7 @@ def _load(seg: SegmentRef, stop: Stop | None = None) -> bytearray:
         what = "grew" if grown else f"ended after {got} bytes"
         raise _damaged(seg, "hash_mismatch", f"the file {what} while it was read (the catalogue recorded {seg.bytes})")
     if digest is not None and seg.sha256 is not None and (found := digest.hexdigest()) != seg.sha256:
-        raise _damaged(seg, "hash_mismatch", f"sha256 {found[:16]}… != recorded {seg.sha256[:16]}…")
+        raise _damaged(seg, "hash_mismatch", f"{seg.hash_alg} {found[:16]}… != recorded {seg.sha256[:16]}…")
     return data
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 
 from integrity.hashing import HashingWriter
+from integrity.suites import DEFAULT_HASH, check_hash_alg
 from storage import layout
 from storage.volumes import VolumeInfo, fsync_dir
 
@@ -30,7 +31,9 @@ MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 class FinishedFile:
     rel_path: str
     sha256: str
+    """The file's digest under ``hash_alg`` (the name is from when SHA-256 was the only one)."""
     bytes: int
+    hash_alg: str = DEFAULT_HASH
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Journal:
     clock_offset_us: int
     codecs: str
     rel_path: str
+    hash_alg: str = DEFAULT_HASH
+    """The algorithm the segment is hashed with; journals written before suites existed load as SHA-256."""
 
     def dump(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -90,7 +95,9 @@ class SegmentWriter:
         codecs: str,
         extradata: dict[int, bytes] | None = None,
         container_format: str = "mp4",
+        hash_alg: str = DEFAULT_HASH,
     ) -> None:
+        check_hash_alg(hash_alg)
         suffix = layout.SUFFIXES[container_format]
         attempt = 0
         while True:
@@ -111,10 +118,11 @@ class SegmentWriter:
             clock_offset_us=clock_offset_us,
             codecs=codecs,
             rel_path=str(self.final.relative_to(volume.path)),
+            hash_alg=hash_alg,
         )
         _write_durably(self.journal_path, self.journal.dump())
         fsync_dir(self.final.parent)
-        self._file = HashingWriter(self.partial)
+        self._file = HashingWriter(self.partial, hash_alg)
         self._out = av.open(
             self._file, "w", format=container_format, options={"movflags": MOVFLAGS, "flush_packets": "1"}
         )
@@ -145,7 +153,7 @@ class SegmentWriter:
         self._file.close()
         rename_noreplace(self.partial, self.final)
         fsync_dir(self.final.parent)
-        return FinishedFile(self.journal.rel_path, self._file.hexdigest(), self._file.size)
+        return FinishedFile(self.journal.rel_path, self._file.hexdigest(), self._file.size, self._file.hash_alg)
 
     def abort(self) -> None:
         """Stop writing after a failure. Leaves the partial file and journal for recovery to cut back."""

@@ -74,3 +74,17 @@ def test_bench_playback_quick(tmp_path: Path) -> None:
     figures = result["figures_ms"]
     assert figures["range_ttfb"]["n"] == figures["playback_ttfb"]["n"] == 20  # --quick: 20 requests of each kind
     assert result["details"]["range_check"].startswith("10 ranges of a ")
+
+
+def test_bench_crypto_quick(tmp_path: Path) -> None:
+    """bench/crypto.py --quick: SM3/SHA-256 file digests beside ``openssl dgst`` (same digests), SM4-GCM/AES-GCM
+    sealing beside ``openssl speed``, SM2/Ed25519 signing; it exits non-zero when a figure is missing or wrong."""
+    out = tmp_path / "crypto.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
+    args = [sys.executable, str(ROOT / "bench" / "crypto.py"), "--quick", "--out", str(out)]
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert {r["same_digests"] for r in result["digests"].values()} == {True}
+    assert set(result["aead"]) == {"aes-256-gcm", "sm4-gcm"}
+    assert all(r["sign_s"] > 0 and r["verify_s"] > 0 and r["verifies"] for r in result["signatures"].values())

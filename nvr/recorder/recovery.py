@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 from sqlalchemy import select
 
-from integrity.hashing import sha256_file
+from integrity.hashing import file_digest
 from nvr.models import Segment
 from nvr.recorder.context import RecorderContext
 from retention import holds
@@ -119,7 +119,8 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
                 frames=frames,
                 codecs=j.codecs,
                 clock_offset_us=j.clock_offset_us,
-                sha256=sha256_file(final),
+                sha256=file_digest(final, j.hash_alg),
+                hash_alg=j.hash_alg,
                 recovered=recovered,
                 now_us=ctx.clock.now_us(),
                 floor_days=ctx.settings.retention_floor_days,

@@ -316,6 +316,7 @@ class CameraWorker(threading.Thread):
                         codecs,
                         extradata,
                         container_format=fmt,
+                        hash_alg=self.ctx.hash_alg(),
                     )
                     self._segment = _Open(writer, dts, media_us)
                     if seg is None:
@@ -427,6 +428,7 @@ class CameraWorker(threading.Thread):
                 codecs=seg.writer.journal.codecs,
                 clock_offset_us=run_offset,
                 sha256=done.sha256,
+                hash_alg=done.hash_alg,
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
                 floor_days=self.ctx.settings.retention_floor_days,

@@ -13,6 +13,9 @@ Each case runs in two modes:
   (``integrity.checkpoints.sign_checkpoint``), then verify. A checkpoint signed over the tampered state must not
   launder it.
 
+The cases built from the ``archive`` fixture run under both crypto suites (``ed25519-sha256`` and ``sm2-sm3``: SM3
+segment digests, links, audit events and checkpoint hashes, SM2 signatures): the same matrix passes on either.
+
 Wave 1 are the cases ``nvr verify`` already caught; wave 2 is the issue's list. Playback of a damaged segment
 (issue item 11) is tested with the API in tests/api.
 """
@@ -144,7 +147,7 @@ def _chain_holds(rt: Runtime, camera_id: str) -> bool:
     """The camera's chain recomputes from genesis across its tombstones (what the attacker aims for)."""
     T = SegmentTombstone
     with rt.db.session() as s:
-        cols = [getattr(Segment, f) for f in (*chain.LINKED_FIELDS, "prev_link", "link")]
+        cols = [getattr(Segment, f) for f in (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS, "prev_link", "link")]
         rows = [dict(r) for r in s.execute(select(*cols).where(Segment.camera_id == camera_id)).mappings()]
         tombs = [
             dict(r)
@@ -193,9 +196,14 @@ def _build(
     distinct: bool = False,
     before_checkpoint: Callable[[Runtime, int], None] | None = None,
     make_camera: Callable[[Runtime, str], None] = add_camera,
+    suite: str | None = None,
 ) -> Archive:
     """cam1 and cam2, 5 touching 2 s segments each, recorded minutes ago; three audit events; one signed checkpoint.
-    Verifies clean before anything is touched."""
+    ``suite``: the first signing key's suite (made first, so everything is hashed with it). Verifies clean before
+    anything is touched."""
+    if suite is not None:
+        with rt.db.session() as s:
+            keys.ensure_key(s, rt.settings.keys_dir, rt.clock.now_us(), suite=suite)
     base = (rt.clock.now_us() - 10 * MIN) // 1_000_000 * 1_000_000
     for cam in CAMS:
         make_camera(rt, cam)
@@ -224,9 +232,13 @@ def _build(
     return Archive(rt, base, cp, seqs)
 
 
-@pytest.fixture
-def archive(runtime: Runtime) -> Archive:
-    return _build(runtime)
+@pytest.fixture(params=["ed25519-sha256", "sm2-sm3"])
+def archive(runtime: Runtime, request: pytest.FixtureRequest) -> Archive:
+    arc = _build(runtime, suite=request.param)
+    with runtime.db.session() as s:
+        want = "sm3" if request.param == "sm2-sm3" else "sha256"
+        assert set(s.scalars(select(Segment.hash_alg))) == {want}
+    return arc
 
 
 # === wave 1: detected today; must stay detected in both modes =======================================================

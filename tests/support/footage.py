@@ -5,7 +5,6 @@ and chain links, exactly as the recorder registers what it writes."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import shutil
 import tempfile
 from fractions import Fraction
@@ -14,6 +13,7 @@ from pathlib import Path
 import av
 from sqlalchemy import select
 
+from integrity import keys, suites
 from nvr import registry
 from nvr.models import Segment, Volume
 from nvr.runtime import Runtime
@@ -73,18 +73,20 @@ def add_segments(
     rt: Runtime, camera_id: str, start_us: int, count: int, *, first_variant: int | None = None
 ) -> list[int]:
     """``count`` touching 2 s segments from ``start_us``; returns their start times. With ``first_variant``, segment
-    i is a copy of ``clip(variant=first_variant + i)``, so no two of its files are equal (a swap is a real change)."""
+    i is a copy of ``clip(variant=first_variant + i)``, so no two of its files are equal (a swap is a real change).
+    Hashed with the active suite's algorithm, as the recorder hashes them."""
     starts = []
     with rt.db.session() as s:
         vol = s.scalars(select(Volume)).first()
         assert vol is not None
+        hash_alg = suites.get(keys.active_suite(s)).hash_alg
         for i in range(count):
             t = start_us + i * CLIP_SECONDS * 1_000_000
             rel = str(layout.stem_for(camera_id, t)) + ".mp4"
             dst = Path(vol.path) / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             src = clip() if first_variant is None else clip(variant=first_variant + i)
-            size, digest = _file_facts(src)
+            size, digest = _file_facts(src, hash_alg)
             shutil.copyfile(src, dst)
             catalog.register_segment(
                 s,
@@ -98,6 +100,7 @@ def add_segments(
                 codecs="h264",
                 clock_offset_us=0,
                 sha256=digest,
+                hash_alg=hash_alg,
                 recovered=False,
                 now_us=rt.clock.now_us(),
                 floor_days=rt.settings.retention_floor_days,
@@ -107,8 +110,8 @@ def add_segments(
 
 
 @functools.lru_cache(maxsize=64)
-def _file_facts(path: Path) -> tuple[int, str]:
-    return path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+def _file_facts(path: Path, hash_alg: str = "sha256") -> tuple[int, str]:
+    return path.stat().st_size, suites.digest(hash_alg, path.read_bytes())
 
 
 def segment_path(rt: Runtime, camera_id: str, seq: int) -> Path:

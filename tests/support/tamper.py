@@ -65,7 +65,7 @@ def rechain_tail(rt: Runtime, camera_id: str, seqs: list[int], shift_us: int) ->
         prev = s.scalar(select(Segment.link).where(Segment.camera_id == camera_id, Segment.seq == seqs[0] - 1))
         assert prev is not None and [r.seq for r in rows] == seqs
         for r in rows:
-            fields: dict[str, Any] = {f: getattr(r, f) for f in chain.LINKED_FIELDS}
+            fields: dict[str, Any] = {f: getattr(r, f) for f in (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS)}
             fields["start_us"] += shift_us
             fields["end_us"] += shift_us
             new = chain.link(prev, fields)
@@ -129,7 +129,7 @@ def forge_tombstone(rt: Runtime, camera_id: str, first: int, last: int) -> None:
 
 # --- the audit trail ----------------------------------------------------------------------------------------------
 def _event_fields(ev: AuditEvent) -> dict[str, Any]:
-    return {f: getattr(ev, f) for f in audit_chain.HASHED_FIELDS}
+    return {f: getattr(ev, f) for f in (*audit_chain.HASHED_FIELDS, "hash_alg")}
 
 
 def rechain_audit_tail(rt: Runtime, n: int) -> list[int]:
