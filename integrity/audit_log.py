@@ -8,11 +8,11 @@ that row lock (PostgreSQL) or the write lock (SQLite; its driver opens the trans
 concurrent writers take turns, so sequence numbers have no holes and every event links to exactly one predecessor.
 Nothing here updates or deletes an event; the chain itself is :mod:`integrity.audit_chain`.
 
-Each event is hashed with the active suite's algorithm (the active signing key's suite, integrity.keys.active_suite)
+Each event is hashed with the active suite's algorithm (the active signing key's suite, :func:`active_suite`)
 and says so in ``hash_alg``: ``sm3`` under ``sm2-sm3``, None for SHA-256 (as every event made before suites could
 change), so a log that crosses a suite change verifies event by event. The suite is cached per database for
-:data:`SUITE_TTL_S` seconds (a key rotation in this process forgets it at once); a stale value only means a few
-more events of the old algorithm, each still naming its own.
+:data:`SUITE_TTL_S` seconds (a key rotation in this process forgets it at once), for the recorder too; a stale
+value only means a few more records of the old algorithm, each still naming its own.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ VERIFIED_FIELDS = (*audit_chain.HASHED_FIELDS, "hash_alg", "prev_hash", "hash")
 the two links."""
 SUITE_TTL_S = 5.0
 """How long the active suite's hash algorithm is reused before it is read from the database again."""
-_suite_cache: weakref.WeakKeyDictionary[Engine, tuple[float, str | None]] = weakref.WeakKeyDictionary()
+_suite_cache: weakref.WeakKeyDictionary[Engine, tuple[float, str]] = weakref.WeakKeyDictionary()
 _suite_lock = threading.Lock()
 
 
@@ -92,7 +92,8 @@ def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: E
     seq, prev_hash = conn.execute(
         update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
     ).one()
-    hash_alg = event_hash_alg(session)
+    alg = active_hash_alg(session)
+    hash_alg = None if alg == suites.DEFAULT_HASH else alg  # None: SHA-256, as events before suites could change
     if seq == 1 and hash_alg is not None:
         prev_hash = audit_chain.genesis(hash_alg)  # the head row starts at SHA-256's genesis
     row: dict[str, Any] = {
@@ -130,8 +131,21 @@ def record(session: Session, now_us: int, actor: Actor, meta: RequestMeta, ev: E
     return int(seq)
 
 
-def event_hash_alg(session: Session) -> str | None:
-    """The ``hash_alg`` a new event gets: None for SHA-256 (the default suite), else the active suite's algorithm."""
+def active_suite(session: Session) -> str:
+    """The crypto suite of the active signing key (what new segments, audit events and checkpoints are hashed
+    with), or the default suite before the first key is made. Read from the database each call."""
+    suite = session.scalar(
+        select(SigningKey.suite)
+        .where(SigningKey.retired_us.is_(None))
+        .order_by(SigningKey.created_us.desc(), SigningKey.key_id)
+        .limit(1)
+    )
+    return str(suite) if suite is not None else suites.DEFAULT_SUITE
+
+
+def active_hash_alg(session: Session) -> str:
+    """The active suite's hash algorithm, cached per database for :data:`SUITE_TTL_S` seconds: what the audit log
+    and the recorder hash new records with."""
     engine = session.get_bind()
     now = time.monotonic()
     key = engine if isinstance(engine, Engine) else None
@@ -140,18 +154,11 @@ def event_hash_alg(session: Session) -> str | None:
             cached = _suite_cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-    suite = session.scalar(
-        select(SigningKey.suite)
-        .where(SigningKey.retired_us.is_(None))
-        .order_by(SigningKey.created_us.desc(), SigningKey.key_id)
-        .limit(1)
-    )
-    alg = suites.get(str(suite)).hash_alg if suite is not None else suites.DEFAULT_HASH
-    value = None if alg == suites.DEFAULT_HASH else alg
+    alg = suites.get(active_suite(session)).hash_alg
     if key is not None:
         with _suite_lock:
-            _suite_cache[key] = (now + SUITE_TTL_S, value)
-    return value
+            _suite_cache[key] = (now + SUITE_TTL_S, alg)
+    return alg
 
 
 def forget_suite(session: Session) -> None:

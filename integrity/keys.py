@@ -69,15 +69,9 @@ def active_key(session: Session) -> SigningKey | None:
 
 
 def active_suite(session: Session) -> str:
-    """The crypto suite of the active signing key (what new segments, audit events and checkpoints are hashed
-    with), or the default suite before the first key is made."""
-    suite = session.scalar(
-        select(SigningKey.suite)
-        .where(SigningKey.retired_us.is_(None))
-        .order_by(SigningKey.created_us.desc(), SigningKey.key_id)
-        .limit(1)
-    )
-    return str(suite) if suite is not None else DEFAULT_SUITE
+    """The crypto suite of the active signing key, or the default suite before the first key is made (the query
+    lives in integrity.audit_log, which hashes events with it and cannot import this module)."""
+    return audit_log.active_suite(session)
 
 
 def public_keys(session: Session) -> list[SigningKey]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select, update
 
-from integrity import audit_log, keys, suites
+from integrity import audit_log, suites
 from nvr.clock import Clock
 from nvr.config import Settings
 from nvr.db import Database
@@ -21,9 +19,6 @@ from nvr.recorder.live import LiveHub, ViewerLimits
 from storage import volumes as vol
 
 log = logging.getLogger(__name__)
-
-HASH_ALG_TTL_S = 10.0
-"""How long the recorder reuses the active suite's hash algorithm before reading it again."""
 
 
 @dataclass
@@ -37,29 +32,20 @@ class RecorderContext:
     """Called when a worker finds no volume with room (``nvr serve`` wakes the sweeper with it)."""
     live: LiveHub | None = None
     """Where the workers publish their packets for live viewers (nvr.recorder.live); None: no live view."""
-    hash_alg_ttl_s: float = HASH_ALG_TTL_S
-    _hash_alg: tuple[float, str] | None = field(default=None, init=False, repr=False)
-    _hash_alg_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _last_hash_alg: str = field(default=suites.DEFAULT_HASH, init=False, repr=False)
 
     def hash_alg(self) -> str:
-        """The hash algorithm of the active suite (the active signing key's, integrity.keys.active_suite) for a
-        segment starting now; read from the database at most every ``hash_alg_ttl_s`` seconds. A value a little
-        stale after a rotation is harmless: every segment row records the algorithm its digest and link use."""
-        now = time.monotonic()
-        with self._hash_alg_lock:
-            cached = self._hash_alg
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        """The hash algorithm of the active suite for a segment starting now (integrity.audit_log.active_hash_alg,
+        cached for a few seconds). A value a little stale after a rotation is harmless: every segment row records
+        the algorithm its digest and link use."""
         try:
             with self.db.session() as s:
-                alg = suites.get(keys.active_suite(s)).hash_alg
+                self._last_hash_alg = audit_log.active_hash_alg(s)
         except Exception as exc:  # the database away must not stop recording: the row says which was used
-            alg = cached[1] if cached is not None else suites.DEFAULT_HASH
-            log.warning("cannot read the active crypto suite (%s); hashing new segments with %s", exc, alg)
-            now = now - self.hash_alg_ttl_s + 1.0  # try again in a second
-        with self._hash_alg_lock:
-            self._hash_alg = (now + self.hash_alg_ttl_s, alg)
-        return alg
+            log.warning(
+                "cannot read the active crypto suite (%s); hashing new segments with %s", exc, self._last_hash_alg
+            )
+        return self._last_hash_alg
 
     @property
     def live_limits(self) -> ViewerLimits:
