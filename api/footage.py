@@ -43,6 +43,8 @@ from nvr.errors import Kind, NvrError
 from nvr.models import Gap, Grant, PlaybackTicket, ReadPin, Segment, Volume
 from retention import holds
 from storage import pins
+from storage.keyring import Keyring
+from storage.segment_io import segment_name
 
 if TYPE_CHECKING:
     from api.context import Services
@@ -106,10 +108,13 @@ _PLAYBACK_COLS = (
     Segment.link,
     Volume.path,
     Segment.rel_path,
+    Segment.volume_id,
 )
 
 
-def playback_refs(s: Session, camera_id: str, start_us: int, end_us: int) -> list[SegmentRef]:
+def playback_refs(
+    s: Session, camera_id: str, start_us: int, end_us: int, keyring: Keyring | None = None
+) -> list[SegmentRef]:
     """The segments of :func:`segments_in` as the reader takes them for playback: each with its recorded sha256
     (the reader hashes the file before sending any of it) and, when the row itself does not hold up, why.
 
@@ -144,6 +149,9 @@ def playback_refs(s: Session, camera_id: str, start_us: int, end_us: int) -> lis
                 sha256=r.sha256,
                 row_problem=problem,
                 hash_alg=chain.row_hash_alg(r._mapping) if relinked is not None else "sha256",
+                encryption=r.encryption,
+                keyring=keyring,
+                name=segment_name(r.volume_id, r.rel_path),
             )
         )
     return refs

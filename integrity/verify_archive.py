@@ -86,9 +86,10 @@ THREADS = 2
 # --- which files are segments (the layout facts of storage.layout / storage.volumes, which integrity may not import)
 SEGMENT_SUFFIXES = (".mp4", ".mov")
 """storage.layout.SUFFIXES: a finished segment file ends with one of these."""
-IN_PROGRESS_SUFFIXES = (".partial", ".json", ".corrupt")
+IN_PROGRESS_SUFFIXES = (".partial", ".json", ".corrupt", ".recovering", ".key")
 """A segment being written (``.partial``), its journal (``.json``) and what start-up recovery moved aside for a
-person to look at (``.partial.corrupt``): none of them is a segment a row must name."""
+person to look at (``.partial.corrupt``), and an encrypted segment's wrapped data key (``.key``, storage.keyring;
+checked beside its segment instead): none of them is a segment a row must name."""
 VOLUME_IDENTITY_FILE = ".nvr-volume.json"
 """storage.volumes.IDENTITY_FILE: a mounted volume carries it at its top."""
 NOT_SEGMENT_DIRS = ("lost+found",)
@@ -203,6 +204,12 @@ class Report:
     checkpoints: int = 0
     audit_events: int = 0
     seconds: float = 0.0
+    encrypted: int = 0
+    """Segments encrypted at rest among those re-hashed."""
+    plaintext_checked: int = 0
+    """Of those, how many were decrypted with the master key and their plaintext digest checked too."""
+    plaintext_unchecked: str | None = None
+    """Why encrypted segments' plaintext was not checked (no master key), if it was not."""
 
     @property
     def ok(self) -> bool:
@@ -231,7 +238,18 @@ class Report:
             "audit_events": self.audit_events,
             "seconds": round(self.seconds, 3),
             "gb_per_second": round(self.gb_per_second, 3),
+            "encrypted": self.encrypted,
+            "plaintext_checked": self.plaintext_checked,
+            "plaintext_unchecked": self.plaintext_unchecked,
         }
+
+
+PlainCheck = Callable[[Any, Path], "str | None"]
+"""``plain_check(row, path)`` for a segment encrypted at rest whose stored bytes matched: decrypt it and compare its
+plaintext with ``row.plain_digest``; returns what is wrong (None: it matches). Raises ``NvrError`` with a
+``master_key_*`` code when no master key opens the segment's data key: that is reported as ``missing_file`` (the
+footage cannot be had). Without a ``plain_check`` (an auditor with no master key) only stored bytes are checked and
+the report says so. The caller supplies it (storage.segment_io decrypts; integrity does not import storage)."""
 
 
 Progress = Callable[[int, int], None]
@@ -258,9 +276,11 @@ def verify_archive(
     batch: int = 2000,
     *,
     against: Iterable[Path] = (),
+    plain_check: PlainCheck | None = None,
 ) -> Report:
     """Check the whole archive (see the module docstring); read-only. Problems come sorted by camera, seq, kind.
-    ``settings`` says where the pinned keys and witnesses are; ``against``: checkpoint copies an auditor kept."""
+    ``settings`` says where the pinned keys and witnesses are; ``against``: checkpoint copies an auditor kept;
+    ``plain_check``: how to check an encrypted segment's plaintext (without it only the stored bytes are)."""
     from integrity import checkpoint_verify, registry_check, tombstones
 
     started = time.monotonic()
@@ -299,7 +319,7 @@ def verify_archive(
 
     def files() -> list[Problem]:
         mounted = {vid: (p / VOLUME_IDENTITY_FILE).is_file() for vid, p in volumes.items()}
-        out = _rehash(db, volumes, mounted, report, progress, threads, batch)
+        out = _rehash(db, volumes, mounted, report, progress, threads, batch, plain_check)
         for vid, path in volumes.items():
             if mounted[vid]:
                 out += _unknown_files(db, vid, path, report)
@@ -471,6 +491,8 @@ def _rows_by_id(db: Database, batch: int) -> Iterator[Any]:
         Segment.sha256,
         Segment.hash_alg,
         Segment.start_us,
+        Segment.plain_digest,
+        Segment.encryption,
     )
     while True:
         with db.session() as s:
@@ -540,11 +562,51 @@ def _rehash(
     progress: Progress | None,
     threads: int,
     batch: int,
+    plain_check: PlainCheck | None = None,
 ) -> list[Problem]:
     problems: list[Problem] = []
 
     def path_of(row: Any) -> Path:
         return volumes[row.volume_id] / row.rel_path
+
+    def encrypted(row: Any, path: Path) -> Problem | None:
+        """An encrypted segment whose stored bytes match: its wrapped key must be there, and with the master key
+        its plaintext must be what the row (and so the chain) says."""
+        report.encrypted += 1
+        subject = segment_subject(row.camera_id, row.seq)
+        sidecar = path.with_name(path.name + ".key")
+        if not sidecar.is_file():
+            return Problem(
+                "missing_file",
+                row.camera_id,
+                row.seq,
+                row.start_us,
+                subject,
+                f"{sidecar}: the segment's wrapped data key is missing (without it the footage cannot be decrypted)",
+            )
+        if plain_check is None:
+            report.plaintext_unchecked = "not asked to decrypt (stored bytes only)"
+            return None
+        try:
+            wrong = plain_check(row, path)
+        except NvrError as exc:
+            if exc.code.startswith("master_key"):
+                # Footage no master key here opens is footage lost as surely as a deleted file (crypto-shredding
+                # by deleting key files): a finding, unless the caller asked for the stored bytes only.
+                report.plaintext_unchecked = f"{exc.code}: {exc.message}"
+                return Problem(
+                    "missing_file",
+                    row.camera_id,
+                    row.seq,
+                    row.start_us,
+                    subject,
+                    f"{path}: no master key here opens its data key ({exc.code}: {exc.message})",
+                )
+            wrong = f"{exc.code}: {exc.message}"
+        report.plaintext_checked += 1
+        if wrong is None:
+            return None
+        return Problem("hash_mismatch", row.camera_id, row.seq, row.start_us, subject, f"{path}: plaintext: {wrong}")
 
     for row, result in hash_files(_rows_by_id(db, batch), path_of, threads, alg_of=row_alg):
         if isinstance(result, FileHash):
@@ -552,6 +614,8 @@ def _rehash(
             report.bytes += result.size
         unmounted = None if mounted.get(row.volume_id) else volumes[row.volume_id]
         p = check_file(row, result, path_of(row), unmounted)
+        if p is None and getattr(row, "encryption", None) is not None:
+            p = encrypted(row, path_of(row))
         if p is not None and still_current(db, row.id, row.sha256):
             problems.append(p)
         if progress is not None:

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     """The crypto suite new signing keys are made in (integrity.suites): ``ed25519-sha256`` or ``sm2-sm3`` (SM2
     signatures, SM3 hashes, SM4 encryption). ``nvr init`` makes the first key in it; changing it takes effect with
     ``nvr keys rotate``. Material made before keeps verifying with the suite it names."""
+    encryption_at_rest: bool = False
+    """Encrypt every volume's new segments (storage.crypt): each segment under its own data key in the active suite's
+    cipher (AES-256-GCM or SM4-GCM), wrapped by a master key in ``master_key_dir``. A volume registered encrypted
+    (``nvr volume init --encrypt``, or while this is set) stays encrypted when this is later unset."""
+    master_key_dir: Path | None = None
+    """Where the master keys of encryption at rest live; unset means ``<data_dir>/master-keys``. Keep it off the
+    footage volumes, readable by the service only, and backed up: without its keys encrypted footage is lost."""
     checkpoint_interval_minutes: float = Field(default=10.0, gt=0, le=1440)
     """How often the server writes a signed checkpoint of every camera's chain head and the audit log's head."""
     trusted_key_fingerprints: list[str] = Field(default_factory=list)
@@ -283,6 +290,11 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def master_keys_dir(self) -> Path:
+        """The master-key folder of encryption at rest (``master_key_dir`` or ``<data_dir>/master-keys``)."""
+        return (self.master_key_dir or self.data_dir / "master-keys").expanduser().absolute()
 
     @property
     def exports_dir(self) -> Path:

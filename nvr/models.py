@@ -92,8 +92,9 @@ class Volume(Base):
     path: Mapped[str] = mapped_column(Text, unique=True)
     created_us: Mapped[int] = mapped_column(BigInteger)
     encryption: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    """The cipher new segments on this volume are encrypted with (``aes-256-gcm``, ``sm4-gcm``), or None for plain
-    files (storage.crypt). Set when the volume is registered; each segment row records its own."""
+    """``on`` when new segments on this volume are encrypted at rest (storage.crypt), None for plain files. Each
+    segment is encrypted with the cipher of the suite active when it starts and its row records which; the volume's
+    identity file carries the same mark (storage.volumes.mark_encrypted)."""
 
 
 class Segment(Base):

@@ -19,6 +19,8 @@ from storage import volumes as vol
 if TYPE_CHECKING:
     from integrity.trusted_time import TrustedClock
 
+log = logging.getLogger(__name__)
+
 
 class RedactingFilter(logging.Filter):
     """Belt and braces: whatever a message says, URL credentials never reach a log."""
@@ -88,11 +90,30 @@ class Runtime:
         return live.shared(self.db)
 
     def recorder_context(self) -> RecorderContext:
+        infos = volume_infos(self.db, self.settings.effective_volumes)
+        if self.settings.encryption_at_rest or any(v.encrypted for v in infos):
+            infos = self.prepare_encryption(infos)
         return RecorderContext(
             settings=self.settings,
             db=self.db,
             clock=self.clock,
             database_id=self.db.database_id(),
-            volumes=volume_infos(self.db, self.settings.effective_volumes),
+            volumes=infos,
             live=self.live,
         )
+
+    def prepare_encryption(self, infos: list[vol.VolumeInfo]) -> list[vol.VolumeInfo]:
+        """With ``encryption_at_rest`` every configured volume becomes an encrypted one for good; the first master key
+        is made on first use. A missing master key is not fatal here (the API must still come up to say so): the
+        recorder refuses to open a segment on an encrypted volume and ``/health`` raises ``master_key_missing``."""
+        from storage.keyring import Keyring, KeyringError, ensure_master_key
+
+        with self.db.session() as s:
+            if self.settings.encryption_at_rest:
+                infos = [v if v.encrypted else vol.mark_encrypted(s, v) for v in infos]
+        try:
+            with self.db.session() as s:
+                ensure_master_key(s, Keyring(self.settings.master_keys_dir), self.clock.now_us())
+        except (KeyringError, OSError) as exc:
+            log.error("encryption at rest: %s", exc)
+        return infos

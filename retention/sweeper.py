@@ -66,6 +66,7 @@ from nvr.errors import NvrError
 from nvr.models import Camera, RetentionPolicy, Segment, SegmentTombstone, SweepBatch, Volume
 from retention import protect
 from storage import volumes as vol
+from storage.keyring import SIDECAR_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -617,7 +618,7 @@ class Sweeper:
         """Step 3: remove the batch's files, make that durable, tidy empty directories; then commit ``unlinked``."""
         with self.db.session() as s:
             files = s.execute(
-                select(Volume.id, Volume.path, Segment.camera_id, Segment.rel_path)
+                select(Volume.id, Volume.path, Segment.camera_id, Segment.rel_path, Segment.encryption)
                 .join(Volume, Volume.id == Segment.volume_id)
                 .where(Segment.sweep_batch_id == batch_id)
             ).all()
@@ -626,9 +627,18 @@ class Sweeper:
                 self._check_volume(vid, Path(vpath))  # an unmounted disk must not pass for files already gone
             except NvrError as exc:
                 raise _Deferred(f"volume {vpath}: {exc.code}") from None
-        paths = sorted(os.path.join(vpath, rel) for _vid, vpath, _cam, rel in files)  # folder by folder
+        # Folder by folder; an encrypted segment's wrapped data key (storage.keyring) goes right after its file.
+        paths = sorted(
+            p
+            for _vid, vpath, _cam, rel, enc in files
+            for p in (
+                (os.path.join(vpath, rel),)
+                if enc is None
+                else (os.path.join(vpath, rel), os.path.join(vpath, rel) + SIDECAR_SUFFIX)
+            )
+        )
         folders: dict[str, dict[str, None]] = {}  # camera folder -> the folders that lost files, in order
-        for _v, vp, cam, rel in files:
+        for _v, vp, cam, rel, _enc in files:
             folders.setdefault(os.path.join(vp, cam), {})[os.path.dirname(os.path.join(vp, rel))] = None
         half = max(1, len(paths) // 2)
         # Unlinking waits on the file system's metadata work, which overlaps across folders: a few threads, one

@@ -11,6 +11,9 @@ database error; its log says which), since footage recorded meanwhile is not yet
 ``clock_untrusted`` is raised while the wall clock runs ahead of the trusted time (integrity.trusted_time: the newest
 signed checkpoint plus the monotonic time since) by more than ``clock_tolerance_minutes``: retention deletes nothing
 meanwhile. It is per process (its own monotonic reading), so the caller passes the process's status in.
+``master_key_missing`` is raised when footage is (or is to be) encrypted at rest and the master-key folder holds no
+usable key (gone, unreadable, a damaged file or one readable by others): encrypted footage can then be neither
+recorded nor played back, and the detail says which.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from integrity.verify_archive import open_counts
 from nvr.clock import iso
 from nvr.config import Settings
 from nvr.errors import NvrError
-from nvr.models import Camera, Checkpoint, RecorderState
+from nvr.models import Camera, Checkpoint, RecorderState, Segment
 from nvr.status import STALE_US
 from storage import volumes as vol
+from storage.keyring import Keyring
 
 
 @dataclass
@@ -52,6 +56,8 @@ class StorageAlarms:
     newest_checkpoint: str | None = None
     checkpoints_stale: bool = False
     clock: ClockStatus | None = None
+    master_key: str | None = None
+    """Why encryption at rest has no usable master key (``code: message``), or None when it has one or is unused."""
 
     @property
     def storage_full(self) -> bool:
@@ -76,6 +82,8 @@ class StorageAlarms:
             out.append("checkpoints_stale")
         if self.clock_untrusted:
             out.append("clock_untrusted")
+        if self.master_key is not None:
+            out.append("master_key_missing")
         return out
 
     def as_dict(self) -> dict:
@@ -88,6 +96,7 @@ class StorageAlarms:
             "integrity_findings": {k: n for k, n in self.integrity_findings.items() if n},
             "newest_checkpoint": self.newest_checkpoint,
             "clock": None if self.clock is None else self.clock.as_dict(),
+            "master_key": self.master_key,
         }
 
 
@@ -132,8 +141,28 @@ def storage_alarms(
     if rows:
         out.storage_full_since = iso(min(r[1] for r in rows))
     out.integrity_findings = open_counts(session)
+    out.master_key = master_key_problem(session, settings)
     newest = session.scalar(select(func.max(Checkpoint.created_us)))
     if newest is not None:
         out.newest_checkpoint = iso(newest)
         out.checkpoints_stale = now_us - newest > 3 * settings.checkpoint_interval_minutes * 60_000_000
     return out
+
+
+def master_key_problem(session: Session, settings: Settings) -> str | None:
+    """Why there is no usable master key while encryption at rest is in use (setting, an encrypted volume or an
+    encrypted segment), or None."""
+    in_use = (
+        settings.encryption_at_rest
+        or session.scalar(select(vol.Volume.id).where(vol.Volume.encryption.is_not(None)).limit(1)) is not None
+        or session.scalar(select(Segment.id).where(Segment.encryption.is_not(None)).limit(1)) is not None
+    )
+    if not in_use:
+        return None
+    try:
+        Keyring(settings.master_keys_dir).active()
+    except NvrError as exc:
+        return f"{exc.code}: {exc.message}"
+    except OSError as exc:
+        return f"master_key_missing: {settings.master_keys_dir}: {exc}"
+    return None

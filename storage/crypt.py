@@ -226,3 +226,44 @@ class DecryptingReader:
         for chunk in self.iter_plain():
             h.update(chunk)
         return h.hexdigest()
+
+
+def decrypt_buffer(data: bytes | bytearray, data_key: bytes, what: str) -> bytearray:
+    """The plaintext of a whole encrypted segment already in memory (playback reads and hashes the stored bytes
+    once, then decrypts them from the same buffer: what was checked is what is sent). Every record must
+    authenticate and the final one must end the buffer."""
+    view = memoryview(data)
+    if len(view) < HEADER_BYTES or not is_encrypted(bytes(view[:HEADER_BYTES])):
+        raise EncryptedFileError("encrypted_file_invalid", f"{what}: not an encrypted segment file (bad header)")
+    header = bytes(view[:HEADER_BYTES])
+    cipher = CIPHERS_BY_ID.get(header[8])
+    if cipher is None:
+        raise EncryptedFileError("encrypted_file_invalid", f"{what}: unknown cipher id {header[8]}")
+    out = bytearray()
+    pos, index, final = HEADER_BYTES, 0, False
+    while pos < len(view) and not final:
+        if pos + RECORD_HEAD.size > len(view):
+            break
+        n, flags = RECORD_HEAD.unpack_from(view, pos)
+        if n < suites.TAG_BYTES or n > MAX_RECORD or flags & ~FINAL:
+            raise EncryptedFileError("encrypted_file_invalid", f"{what}: record {index} has a damaged head")
+        body_at = pos + RECORD_HEAD.size
+        if body_at + n > len(view):
+            break
+        out += suites.open_sealed(
+            cipher,
+            data_key,
+            _nonce(header[9:16], index),
+            bytes(view[body_at : body_at + n]),
+            _aad(header, index, flags),
+            what=f"{what} record {index}",
+        )
+        final = bool(flags & FINAL)
+        pos = body_at + n
+        index += 1
+    if not final or pos != len(view):
+        raise EncryptedFileError(
+            "encrypted_file_truncated",
+            f"{what}: the file ends without its final record" if not final else f"{what}: bytes after the final record",
+        )
+    return out

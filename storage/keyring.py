@@ -30,8 +30,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from integrity import suites
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from integrity import audit_log, suites
 from nvr.errors import Kind, NvrError
+from nvr.models import Segment
 
 DIR_MODE = 0o700
 KEY_MODE = 0o600
@@ -120,7 +124,7 @@ class Keyring:
         keys = self.master_keys()
         if not keys:
             raise KeyringError(
-                Kind.FAILED_PRECONDITION,
+                Kind.UNAVAILABLE,
                 "master_key_missing",
                 f"no master key in {self.folder}: encrypted footage can be neither written nor read",
             )
@@ -183,7 +187,7 @@ def unwrap(ring: Keyring, sidecar: Path, segment: str) -> tuple[str, bytes]:
         )
         return cipher, key
     raise KeyringError(
-        Kind.FAILED_PRECONDITION,
+        Kind.UNAVAILABLE,
         "master_key_missing",
         f"{sidecar}: none of its master keys ({', '.join(wanted) or 'none'}) is in {ring.folder}",
     )
@@ -200,3 +204,103 @@ def rewrap(ring: Keyring, sidecar: Path, segment: str, new: MasterKey) -> bool:
     kept = [w for w in body["wraps"] if w.get("master_key_id") in present]  # type: ignore[attr-defined]
     write_sidecar(sidecar, cipher, segment, [*kept, wrap(new, cipher, segment, data_key)])
     return True
+
+
+def ensure_master_key(session: Session, ring: Keyring, now_us: int) -> MasterKey:
+    """The active master key, made on first use: only while no segment is encrypted yet, so a master-key folder
+    that went missing (a volume not mounted, a deleted file) is an alarm, never silently replaced by a new key that
+    opens none of the existing footage. The creation is an audit event in the caller's transaction."""
+    keys = ring.master_keys()
+    if keys:
+        return keys[-1]
+    if session.scalar(select(Segment.id).where(Segment.encryption.is_not(None)).limit(1)) is not None:
+        raise KeyringError(
+            Kind.UNAVAILABLE,
+            "master_key_missing",
+            f"no master key in {ring.folder}, yet encrypted segments exist: restore the master-key folder from its "
+            "backup (a new key would open none of them)",
+        )
+    mk = ring.create()
+    audit_log.record(
+        session,
+        now_us,
+        audit_log.SYSTEM,
+        audit_log.INTERNAL,
+        audit_log.Event("keys.master_created", "ok", reason=f"master key {mk.key_id} in {ring.folder}"),
+    )
+    return mk
+
+
+def create_master_key(session: Session, ring: Keyring, now_us: int, actor: audit_log.Actor | None = None) -> MasterKey:
+    """A new master key, active from now on for newly wrapped data keys (``nvr keys master rotate``); audited."""
+    mk = ring.create()
+    audit_log.record(
+        session,
+        now_us,
+        actor or audit_log.SYSTEM,
+        audit_log.INTERNAL,
+        audit_log.Event("keys.master_created", "ok", reason=f"master key {mk.key_id} in {ring.folder}"),
+    )
+    return mk
+
+
+@dataclass(frozen=True)
+class MasterRotation:
+    new: MasterKey
+    rewrapped: int
+    already: int
+    retired: list[str]
+    problems: list[str]
+
+
+def rotate_master(
+    session: Session, ring: Keyring, volumes: dict[str, Path], now_us: int, actor: audit_log.Actor, retire_old: bool
+) -> MasterRotation:
+    """``nvr keys master rotate``: make a new master key and wrap every encrypted segment's data key under it too;
+    footage and chain are not touched (the sidecars are outside the hash). With ``retire_old`` and no segment left
+    that only an older key opens, the older wraps and key files go: whoever kept a copy of an old key file can no
+    longer use it on these sidecars. A sidecar that cannot be re-wrapped is listed and stops the retirement."""
+    new = ring.create()
+    rewrapped = already = 0
+    problems: list[str] = []
+    rows = session.execute(
+        select(Segment.volume_id, Segment.rel_path).where(Segment.encryption.is_not(None)).order_by(Segment.id)
+    ).all()
+    for volume_id, rel_path in rows:
+        root = volumes.get(volume_id)
+        if root is None:
+            problems.append(f"{volume_id}/{rel_path}: its volume is not known")
+            continue
+        sidecar = root / (rel_path + SIDECAR_SUFFIX)
+        try:
+            if rewrap(ring, sidecar, f"{volume_id}/{rel_path}", new):
+                rewrapped += 1
+            else:
+                already += 1
+        except (NvrError, OSError) as exc:
+            problems.append(f"{sidecar}: {getattr(exc, 'message', exc)}")
+    retired: list[str] = []
+    if retire_old and not problems:
+        old = [k for k in ring.master_keys() if k.key_id != new.key_id]
+        for volume_id, rel_path in rows:
+            sidecar = volumes[volume_id] / (rel_path + SIDECAR_SUFFIX)
+            body = read_sidecar(sidecar)
+            kept = [w for w in body["wraps"] if w.get("master_key_id") == new.key_id]  # type: ignore[attr-defined]
+            if kept != body["wraps"]:
+                write_sidecar(sidecar, str(body["cipher"]), str(body["segment"]), kept)
+        for k in old:
+            (ring.folder / f"{k.key_id}.key").unlink()
+            retired.append(k.key_id)
+    audit_log.record(
+        session,
+        now_us,
+        actor,
+        audit_log.INTERNAL,
+        audit_log.Event(
+            "keys.master_rotated",
+            "ok" if not problems else "failed",
+            reason=f"new master key {new.key_id}; re-wrapped {rewrapped}, already {already}, problems {len(problems)}"
+            + (f"; retired {', '.join(retired)}" if retired else ""),
+        ),
+    )
+    return MasterRotation(new, rewrapped, already, retired, problems)

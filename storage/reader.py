@@ -63,6 +63,7 @@ of its bytes is produced, then trimmed to the range. :func:`fingerprint` hashes 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -72,7 +73,9 @@ from typing import BinaryIO
 
 from integrity import suites
 from nvr.errors import Kind, NvrError
+from storage import crypt, segment_io
 from storage.fmp4 import Fmp4Error, Fragment, TrackInit, parse_moof_timing, read_init_tracks, scan
+from storage.keyring import Keyring
 
 __all__ = [
     "GapInfo",
@@ -110,6 +113,12 @@ class SegmentRef:
     the segment is then refused (``chain_break``) before its file is opened."""
     hash_alg: str = suites.DEFAULT_HASH
     """The algorithm of ``sha256`` (the row's ``hash_alg``: ``sha256`` or ``sm3``)."""
+    encryption: str | None = None
+    """The row's ``encryption``: the file is encrypted at rest (storage.crypt) and ``sha256``/``bytes`` describe the
+    stored bytes; everything else here works on the plaintext, decrypted with the data key from ``keyring``."""
+    keyring: Keyring | None = None
+    name: str = ""
+    """The segment's name its wrapped data key is bound to (storage.segment_io.segment_name)."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,17 @@ def _damaged(seg: SegmentRef, problem: str | None, what: str) -> SegmentDamaged:
     return SegmentDamaged(seg, problem, what)
 
 
-def _open_checked(seg: SegmentRef, buffering: int = -1) -> BinaryIO:
-    """Open a segment file and check its size against the row; any mismatch is data loss."""
+def _data_key(seg: SegmentRef) -> bytes:
+    try:
+        return segment_io.data_key(seg.path, seg.keyring, seg.name)[1]
+    except NvrError as exc:
+        if exc.code.startswith("master_key"):
+            raise  # the archive's key store is the problem, not this segment
+        raise _damaged(seg, "missing_file", f"its data key cannot be had ({exc.code}: {exc.message})") from None
+
+
+def _open_stored(seg: SegmentRef, buffering: int = -1) -> BinaryIO:
+    """Open a segment file as stored and check its size against the row; any mismatch is data loss."""
     try:
         f = open(seg.path, "rb", buffering=buffering)  # noqa: SIM115 - returned to the caller, who closes it
     except FileNotFoundError:
@@ -182,6 +200,20 @@ def _open_checked(seg: SegmentRef, buffering: int = -1) -> BinaryIO:
     if size != seg.bytes:
         f.close()
         raise _damaged(seg, "hash_mismatch", f"file holds {size} bytes, the catalogue recorded {seg.bytes}")
+    return f
+
+
+def _open_checked(seg: SegmentRef) -> BinaryIO:
+    """The segment's fMP4, its stored size checked against the row: the file itself, or for a segment encrypted
+    at rest a view that decrypts (and authenticates) the records a read touches."""
+    f = _open_stored(seg)
+    if seg.encryption is not None:
+        f.close()
+        key = _data_key(seg)
+        try:
+            return io.BufferedReader(segment_io.PlainView(crypt.DecryptingReader(seg.path, key)), 256 << 10)  # type: ignore[return-value]
+        except NvrError as exc:
+            raise _damaged(seg, "hash_mismatch", f"{exc.code}: {exc.message}") from None
     return f
 
 
@@ -382,6 +414,10 @@ def plan_playback(segments: list[SegmentRef], start_us: int, end_us: int) -> Pla
                 raise _classify(seg, str(exc)) from None
             except OSError as exc:
                 raise _damaged(seg, "missing_file", f"read failed ({exc})") from None
+            except NvrError as exc:  # an encrypted segment's record does not authenticate: its bytes changed
+                if exc.code != "ciphertext_invalid" and not exc.code.startswith("encrypted_file"):
+                    raise
+                raise _classify(seg, f"{exc.code}: {exc.message}") from None
     if tl is None:
         raise NvrError(Kind.NOT_FOUND, "no_footage", f"no recorded footage between {start_us} and {end_us}")
     total = len(init) + sum(end - offset for part in parts for offset, end in part.fragments)
@@ -424,7 +460,7 @@ def _load(seg: SegmentRef, stop: Stop | None = None) -> bytearray:
     from the buffer once it is there (not from a second read), and the buffer is never written again. ``stop()`` is
     asked between pieces: a reader nobody waits for any more does not read and hash the rest of a 60 MB file."""
     digest = suites.new_hash(seg.hash_alg) if seg.sha256 is not None else None
-    with _open_checked(seg, buffering=0) as f:
+    with _open_stored(seg, buffering=0) as f:
         data = bytearray(seg.bytes)
         got = 0
         try:
@@ -446,6 +482,13 @@ def _load(seg: SegmentRef, stop: Stop | None = None) -> bytearray:
         raise _damaged(seg, "hash_mismatch", f"the file {what} while it was read (the catalogue recorded {seg.bytes})")
     if digest is not None and seg.sha256 is not None and (found := digest.hexdigest()) != seg.sha256:
         raise _damaged(seg, "hash_mismatch", f"{seg.hash_alg} {found[:16]}… != recorded {seg.sha256[:16]}…")
+    if seg.encryption is not None:
+        try:
+            return crypt.decrypt_buffer(data, _data_key(seg), seg.path.name)
+        except NvrError as exc:
+            if exc.code.startswith("master_key"):
+                raise
+            raise _damaged(seg, "hash_mismatch", f"{exc.code}: {exc.message}") from None
     return data
 
 

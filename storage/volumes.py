@@ -28,6 +28,12 @@ IDENTITY_FORMAT = "nvr-volume/1"
 class VolumeInfo:
     id: str
     path: Path
+    encrypted: bool = False
+    """New segments on this volume are encrypted at rest (its row or its identity file says so: either is enough,
+    so neither a database edit nor a swapped identity file turns encryption off)."""
+
+
+ENCRYPTION_ON = "on"
 
 
 def fsync_dir(path: Path) -> None:
@@ -49,8 +55,39 @@ def read_identity(path: Path) -> dict | None:
         ) from None
 
 
-def init_volume(session: Session, path: Path, database_id: str, now_us: int) -> VolumeInfo:
-    """Make ``path`` a volume of this database. Refuses a folder that holds anything, or another's identity."""
+def _write_identity(path: Path, body: dict) -> None:
+    tmp = path / (IDENTITY_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(body, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path / IDENTITY_FILE)
+    fsync_dir(path)
+
+
+def mark_encrypted(session: Session, info: VolumeInfo) -> VolumeInfo:
+    """Encrypt this volume's new segments from now on, for good (identity file first, then the row): there is no
+    way back short of editing both, and ``nvr verify`` still sees each segment's own ``encryption``."""
+    identity = read_identity(info.path)
+    if identity is None:
+        raise NvrError(Kind.UNAVAILABLE, "volume_identity_missing", f"volume {info.path} has no identity file")
+    if identity.get("encryption") != ENCRYPTION_ON:
+        _write_identity(info.path, {**identity, "encryption": ENCRYPTION_ON})
+    row = session.get(Volume, info.id)
+    if row is not None and row.encryption != ENCRYPTION_ON:
+        row.encryption = ENCRYPTION_ON
+        session.flush()
+    return VolumeInfo(info.id, info.path, True)
+
+
+def init_volume(session: Session, path: Path, database_id: str, now_us: int, encrypt: bool = False) -> VolumeInfo:
+    """Make ``path`` a volume of this database. Refuses a folder that holds anything, or another's identity.
+    ``encrypt`` makes it an encrypted volume (``mark_encrypted``), also when it already was a volume."""
+    info = _init_volume(session, path, database_id, now_us)
+    return mark_encrypted(session, info) if encrypt else info
+
+
+def _init_volume(session: Session, path: Path, database_id: str, now_us: int) -> VolumeInfo:
     path = path.expanduser().absolute()
     identity = read_identity(path) if path.exists() else None
     if identity is not None:
@@ -62,10 +99,12 @@ def init_volume(session: Session, path: Path, database_id: str, now_us: int) -> 
             )
         row = session.get(Volume, identity.get("volume_id"))
         if row is None:
-            row = Volume(id=identity["volume_id"], path=str(path), created_us=now_us)
+            row = Volume(
+                id=identity["volume_id"], path=str(path), created_us=now_us, encryption=identity.get("encryption")
+            )
             session.add(row)
             session.flush()
-        return VolumeInfo(row.id, path)
+        return VolumeInfo(row.id, path, _encrypted(row, identity))
     if path.exists() and any(path.iterdir()):
         raise NvrError(
             Kind.FAILED_PRECONDITION,
@@ -81,13 +120,7 @@ def init_volume(session: Session, path: Path, database_id: str, now_us: int) -> 
         )
     volume_id = str(uuid.uuid4())
     body = {"format": IDENTITY_FORMAT, "volume_id": volume_id, "database_id": database_id, "created_us": now_us}
-    tmp = path / (IDENTITY_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(body, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path / IDENTITY_FILE)
-    fsync_dir(path)
+    _write_identity(path, body)
     session.add(Volume(id=volume_id, path=str(path), created_us=now_us))
     session.flush()
     return VolumeInfo(volume_id, path)
@@ -129,8 +162,16 @@ def configured_volumes(session: Session, paths: list[Path]) -> list[VolumeInfo]:
                 "volume_not_registered",
                 f"configured volume {p} is not a volume of this database; run 'nvr volume init {p}'",
             )
-        out.append(VolumeInfo(row.id, Path(row.path)))
+        try:
+            identity = read_identity(Path(row.path))
+        except NvrError:
+            identity = None  # pick_volume's identity check says why it cannot be written to
+        out.append(VolumeInfo(row.id, Path(row.path), _encrypted(row, identity)))
     return out
+
+
+def _encrypted(row: Volume, identity: dict | None) -> bool:
+    return row.encryption is not None or (identity or {}).get("encryption") == ENCRYPTION_ON
 
 
 def free_bytes(path: Path) -> int:

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import av
 
+from integrity import suites
 from integrity.hashing import HashingWriter
 from integrity.suites import DEFAULT_HASH, check_hash_alg
 from storage import layout
+from storage.crypt import EncryptingWriter
+from storage.keyring import MasterKey, wrap, write_sidecar
+from storage.segment_io import segment_name, sidecar_path
 from storage.volumes import VolumeInfo, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -34,6 +38,11 @@ class FinishedFile:
     """The file's digest under ``hash_alg`` (the name is from when SHA-256 was the only one)."""
     bytes: int
     hash_alg: str = DEFAULT_HASH
+    plain_digest: str | None = None
+    """For an encrypted segment, the digest of its plaintext (the fMP4) under ``hash_alg``; ``sha256`` is then the
+    digest of the stored bytes."""
+    encryption: str | None = None
+    """The cipher the stored bytes are encrypted with (storage.crypt), or None for a plain file."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class Journal:
     rel_path: str
     hash_alg: str = DEFAULT_HASH
     """The algorithm the segment is hashed with; journals written before suites existed load as SHA-256."""
+    encryption: str | None = None
+    """The cipher of an encrypted segment (its data key is in the sidecar written before the media file)."""
 
     def dump(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -96,7 +107,10 @@ class SegmentWriter:
         extradata: dict[int, bytes] | None = None,
         container_format: str = "mp4",
         hash_alg: str = DEFAULT_HASH,
+        encryption: tuple[str, MasterKey] | None = None,
     ) -> None:
+        """``encryption`` is (cipher, master key) to encrypt at rest: a fresh data key, wrapped under the master key
+        in the segment's sidecar, written and fsynced right after the journal and before the first media byte."""
         check_hash_alg(hash_alg)
         suffix = layout.SUFFIXES[container_format]
         attempt = 0
@@ -119,10 +133,20 @@ class SegmentWriter:
             codecs=codecs,
             rel_path=str(self.final.relative_to(volume.path)),
             hash_alg=hash_alg,
+            encryption=encryption[0] if encryption else None,
         )
         _write_durably(self.journal_path, self.journal.dump())
-        fsync_dir(self.final.parent)
-        self._file = HashingWriter(self.partial, hash_alg)
+        self._file: HashingWriter | EncryptingWriter
+        if encryption is None:
+            fsync_dir(self.final.parent)
+            self._file = HashingWriter(self.partial, hash_alg)
+        else:
+            cipher, master = encryption
+            key = suites.new_key(cipher)
+            name = segment_name(volume.id, self.journal.rel_path)
+            write_sidecar(sidecar_path(self.final), cipher, name, [wrap(master, cipher, name, key)])
+            self._file = EncryptingWriter(self.partial, cipher, key, hash_alg)
+            del key
         self._out = av.open(
             self._file, "w", format=container_format, options={"movflags": MOVFLAGS, "flush_packets": "1"}
         )
@@ -140,20 +164,33 @@ class SegmentWriter:
     def write(self, packet: av.Packet, source_index: int) -> None:
         packet.stream = self._map[source_index]
         self._out.mux_one(packet)
+        if isinstance(self._file, EncryptingWriter):
+            # The muxer writes a fragment (or the init section) whole within one call: one record each.
+            self._file.seal()
         self.packets += 1
 
     @property
     def bytes_written(self) -> int:
-        return self._file.size
+        """Bytes on disk so far (the stored size: with encryption, record heads and tags included)."""
+        f = self._file
+        return f.stored_size if isinstance(f, EncryptingWriter) else f.size
 
     def finish(self) -> FinishedFile:
         """Close, fsync, rename into place, fsync the directory. The caller then inserts the row."""
         self._out.close()
-        self._file.fsync()
-        self._file.close()
+        f = self._file
+        plain_digest = None
+        if isinstance(f, EncryptingWriter):
+            f.finish()
+            plain_digest = f.plain_hexdigest()
+        f.fsync()
+        f.close()
         rename_noreplace(self.partial, self.final)
         fsync_dir(self.final.parent)
-        return FinishedFile(self.journal.rel_path, self._file.hexdigest(), self._file.size, self._file.hash_alg)
+        stored = f.stored_size if isinstance(f, EncryptingWriter) else f.size
+        return FinishedFile(
+            self.journal.rel_path, f.hexdigest(), stored, f.hash_alg, plain_digest, self.journal.encryption
+        )
 
     def abort(self) -> None:
         """Stop writing after a failure. Leaves the partial file and journal for recovery to cut back."""

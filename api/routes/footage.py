@@ -18,6 +18,7 @@ from nvr import registry
 from nvr.clock import iso, parse_iso
 from nvr.errors import NvrError
 from storage import pins
+from storage.keyring import Keyring
 from storage.reader import SegmentDamaged, fingerprint, start_playback, start_range
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def playback(
     # (the plan), then the first segment to send whole, hashed against its row, all before a byte is sent.
     try:
         with ctx.db.session() as s:
-            refs = footage.playback_refs(s, camera_id, start_us, end_us)
+            refs = footage.playback_refs(s, camera_id, start_us, end_us, Keyring(ctx.settings.master_keys_dir))
         plan = footage.plan(refs, start_us, end_us)
         tag = footage.etag(start_us, end_us, fingerprint(plan))
         span = None

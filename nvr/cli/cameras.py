@@ -20,6 +20,7 @@ def init(suite: SuiteOpt = None) -> None:
     default the crypto_suite setting)."""
     from integrity import audit_log, keys
     from integrity.signing import format_fingerprint
+    from nvr.recorder.context import volume_infos
 
     rt = runtime()
     wanted = chosen_suite(suite, rt.settings)
@@ -36,17 +37,44 @@ def init(suite: SuiteOpt = None) -> None:
             err=True,
         )
     typer.echo(f"  (read aloud: {format_fingerprint(fingerprint)}); give it to bundle recipients separately")
+    if rt.settings.encryption_at_rest:
+        from storage.keyring import Keyring, ensure_master_key
+        from storage.volumes import mark_encrypted
+
+        with rt.db.session() as s:
+            for v in volume_infos(rt.db, rt.settings.effective_volumes):
+                if not v.encrypted:
+                    mark_encrypted(s, v)
+            mk = ensure_master_key(s, Keyring(rt.settings.master_keys_dir), rt.clock.now_us())
+        typer.echo(
+            f"encryption at rest: master key {mk.key_id} in {rt.settings.master_keys_dir}; back it up apart from the "
+            "footage (without it encrypted footage cannot be decrypted)"
+        )
 
 
 @volume_app.command("init")
-def volume_init(path: Path) -> None:
+def volume_init(
+    path: Path,
+    encrypt: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt",
+            help="Encrypt the segments recorded on this volume from now on (for good; also for an existing volume).",
+        ),
+    ] = False,
+) -> None:
     """Make an empty folder a volume of this database (writes its identity file)."""
     from storage import volumes as vol
+    from storage.keyring import Keyring, ensure_master_key
 
     rt = runtime()
     with rt.db.session() as s:
-        info = vol.init_volume(s, path, rt.db.database_id(), rt.clock.now_us())
-    typer.echo(f"volume {info.id} at {info.path}")
+        info = vol.init_volume(s, path, rt.db.database_id(), rt.clock.now_us(), encrypt=encrypt)
+        if info.encrypted:
+            mk = ensure_master_key(s, Keyring(rt.settings.master_keys_dir), rt.clock.now_us())
+    typer.echo(f"volume {info.id} at {info.path}" + (" (encrypted at rest)" if info.encrypted else ""))
+    if info.encrypted:
+        typer.echo(f"master key {mk.key_id} in {rt.settings.master_keys_dir}: back it up apart from the footage")
 
 
 @volume_app.command("list")

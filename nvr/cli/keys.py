@@ -1,4 +1,5 @@
-"""``nvr keys list|rotate|export-public``: the server's signing keys (integrity.keys).
+"""``nvr keys list|rotate|export-public|master rotate``: the server's signing keys (integrity.keys) and the master
+keys of encryption at rest (storage.keyring).
 
 Private keys never leave the keys folder through these commands: ``export-public`` writes the public key (PEM) and
 its fingerprint, which is what a recipient of an export bundle compares (``nvr verify-export --trusted-key FP``).
@@ -66,6 +67,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
         r["pinned"] = r["key_id"] in pinned.keys
         if not r["pinned"]:
             r["not_pinned_why"] = pinned.untrusted.get(r["key_id"], "not in the key log")
+    masters, master_problems = master_rows(rt.settings.master_keys_dir)
     if not rows:
         human = "no signing key yet: 'nvr init' (or 'nvr keys rotate') creates one"
     else:
@@ -80,9 +82,21 @@ def keys_list(as_json: JsonOpt = False) -> None:
                 f"                {r['fingerprint_groups']}",
             ]
         human = "\n".join(lines)
+    for m in masters:
+        mark = "*" if m["active"] else " "
+        human += (
+            f"\n{mark} {m['key_id']}  any suite  master  created {m['created']}  "
+            f"{'active' if m['active'] else 'opens older wraps'}  {m['file']}"
+        )
     if pinned.problems:
         human += "\nkey log problems:\n" + "\n".join(f"  {p}" for p in pinned.problems)
-    emit({"keys": rows, "key_log_problems": pinned.problems}, as_json, human)
+    if master_problems:
+        human += "\nmaster key problems:\n" + "\n".join(f"  {p}" for p in master_problems)
+    emit(
+        {"keys": rows + masters, "key_log_problems": pinned.problems, "master_key_problems": master_problems},
+        as_json,
+        human,
+    )
 
 
 @keys_app.command("rotate")
@@ -159,3 +173,80 @@ def keys_export_public(
     typer.echo(f"key {row.key_id} ({row.suite}, {state}){where}", err=True)
     typer.echo(f"fingerprint {row.fingerprint}", err=True)
     typer.echo(f"            {format_fingerprint(row.fingerprint)}", err=True)
+
+
+master_app = typer.Typer(
+    no_args_is_help=True,
+    help="Master keys of encryption at rest (in master_key_dir): each encrypted segment's own data key is wrapped "
+    "by one. Back the folder up apart from the footage: without its keys encrypted footage cannot be decrypted.",
+)
+keys_app.add_typer(master_app, name="master")
+
+
+def master_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The master keys for ``nvr keys list``: (rows, problems reading the folder)."""
+    from storage.keyring import Keyring, KeyringError
+
+    try:
+        found = Keyring(folder).master_keys()
+    except KeyringError as exc:
+        return [], [f"{exc.code}: {exc.message}"]
+    rows = []
+    for i, k in enumerate(found):
+        created = int((folder / f"{k.key_id}.key").stat().st_mtime * 1_000_000)
+        rows.append(
+            {
+                "key_id": k.key_id,
+                "suite": "any",
+                "purpose": "master",
+                "ciphers": ["aes-256-gcm", "sm4-gcm"],
+                "created": iso(created),
+                "active": i == len(found) - 1,
+                "file": str(folder / f"{k.key_id}.key"),
+            }
+        )
+    return rows, []
+
+
+@master_app.command("rotate")
+def master_rotate(
+    retire_old: Annotated[
+        bool,
+        typer.Option(
+            "--retire-old", help="Then remove older master keys and their wraps (after every re-wrap worked)."
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a new master key and re-wrap every encrypted segment's data key under it; no footage is re-encrypted
+    and no hash changes. Exit 1 when a segment's wrapped key could not be re-wrapped (listed)."""
+    from sqlalchemy import select
+
+    from nvr.models import Volume
+    from storage.keyring import Keyring, rotate_master
+
+    rt = runtime()
+    if not yes and not typer.confirm(
+        "make a new master key and re-wrap every data key"
+        + (", then delete older master keys" if retire_old else "")
+        + "?"
+    ):
+        typer.echo("nothing changed", err=True)
+        raise typer.Exit(1)
+    ring = Keyring(rt.settings.master_keys_dir)
+    with rt.db.session() as s:
+        volumes = {v.id: Path(v.path) for v in s.scalars(select(Volume))}
+        r = rotate_master(s, ring, volumes, rt.clock.now_us(), cli_actor(), retire_old)
+    data = {
+        "active": r.new.key_id,
+        "rewrapped": r.rewrapped,
+        "already": r.already,
+        "retired": r.retired,
+        "problems": r.problems,
+    }
+    lines = [f"active master key {r.new.key_id}; re-wrapped {r.rewrapped} data key(s) ({r.already} already)"]
+    lines += [f"retired {k}" for k in r.retired] + [f"problem: {p}" for p in r.problems]
+    emit(data, as_json, "\n".join(lines))
+    if r.problems:
+        raise typer.Exit(1)

@@ -26,6 +26,14 @@ def verify(
     record: Annotated[
         bool, typer.Option("--record", help="Store the problems as integrity findings and audit the check.")
     ] = False,
+    without_master_key: Annotated[
+        bool,
+        typer.Option(
+            "--without-master-key",
+            help="Check encrypted segments' stored bytes only (an auditor without the master keys); by default they "
+            "are also decrypted and a segment no master key opens is a finding.",
+        ),
+    ] = False,
     against: Annotated[
         list[Path] | None,
         typer.Option(
@@ -40,17 +48,20 @@ def verify(
     by its kind (docs/integrity/verify.md)."""
     from integrity import audit_log
     from integrity.verify_archive import record_findings, total_bytes, verify_archive
+    from storage.keyring import Keyring
+    from storage.segment_io import plain_checker
 
     rt = runtime(migrate=False)
+    check = None if without_master_key else plain_checker(Keyring(rt.settings.master_keys_dir))
     copies = list(against or [])
     for c in copies:
         if not c.is_file():
             _fail(f"--against {c}: no such file")
     show = not no_progress and sys.stderr.isatty()
     if show:
-        report = _with_progress(rt.db, rt.settings, copies, verify_archive, total_bytes)
+        report = _with_progress(rt.db, rt.settings, copies, verify_archive, total_bytes, check)
     else:
-        report = verify_archive(rt.db, rt.settings, against=copies)
+        report = verify_archive(rt.db, rt.settings, against=copies, plain_check=check)
     data = report.as_dict()
     if record:
         now = rt.clock.now_us()
@@ -81,7 +92,9 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _with_progress(db: Any, settings: Any, copies: list[Path], verify_archive: Any, total_bytes: Any) -> Any:
+def _with_progress(
+    db: Any, settings: Any, copies: list[Path], verify_archive: Any, total_bytes: Any, check: Any
+) -> Any:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -107,7 +120,7 @@ def _with_progress(db: Any, settings: Any, copies: list[Path], verify_archive: A
         def progress(segments: int, done: int) -> None:
             bar.update(task, completed=done, segments=segments)
 
-        return verify_archive(db, settings, progress=progress, against=copies)
+        return verify_archive(db, settings, progress=progress, against=copies, plain_check=check)
 
 
 def human(data: dict[str, Any]) -> str:
@@ -125,6 +138,12 @@ def human(data: dict[str, Any]) -> str:
         f"re-hashed in {data['seconds']:.1f} s ({data['gb_per_second']:.2f} GB/s); {data['rows']} row(s) chained, "
         f"{data['files']} file(s), {data['checkpoints']} checkpoint(s), {data['audit_events']} audit event(s)"
     )
+    if data.get("encrypted"):
+        unchecked = data.get("plaintext_unchecked")
+        lines.append(
+            f"encrypted at rest: {data['encrypted']} segment(s); plaintext checked for {data['plaintext_checked']}"
+            + (f" (not for the others: {unchecked})" if unchecked else "")
+        )
     if "recorded" in data:
         rec = data["recorded"]
         lines.append(

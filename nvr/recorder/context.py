@@ -17,6 +17,7 @@ from nvr.errors import Kind, NvrError
 from nvr.models import CameraEvent, Gap, RecorderState
 from nvr.recorder.live import LiveHub, ViewerLimits
 from storage import volumes as vol
+from storage.keyring import Keyring, MasterKey
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,21 @@ class RecorderContext:
     @property
     def live_limits(self) -> ViewerLimits:
         return ViewerLimits(self.settings.live_viewer_queue_fragments, self.settings.live_viewer_queue_bytes)
+
+    @property
+    def keyring(self) -> Keyring:
+        return Keyring(self.settings.master_keys_dir)
+
+    def encryption_for(self, volume: vol.VolumeInfo, hash_alg: str) -> tuple[str, MasterKey] | None:
+        """(cipher, master key) for a new segment on ``volume``, or None when the volume is not encrypted. The cipher
+        is the one of the suite whose hash the segment uses (AES-256-GCM with SHA-256, SM4-GCM with SM3).
+
+        Raises ``master_key_missing`` when the volume is encrypted and no master key is there: the recorder then
+        stops with an alarm rather than write plaintext where ciphertext is expected."""
+        if not (volume.encrypted or self.settings.encryption_at_rest):
+            return None
+        cipher = next(s.cipher for s in suites.SUITES.values() if s.hash_alg == hash_alg)
+        return cipher, self.keyring.active()
 
     def pick_volume(self) -> vol.VolumeInfo:
         """The volume with the most free space above the critical mark, after checking its identity.

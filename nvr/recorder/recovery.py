@@ -17,24 +17,30 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 from sqlalchemy import select
 
 from integrity.hashing import file_digest
+from nvr.errors import NvrError
 from nvr.models import Segment
 from nvr.recorder.context import RecorderContext
 from retention import holds
-from storage import catalog, fmp4, layout
+from storage import catalog, crypt, fmp4, layout, segment_io
+from storage.keyring import KeyringError
 from storage.volumes import fsync_dir
 from storage.writer import Journal, rename_noreplace
 
 log = logging.getLogger(__name__)
 
 
-def probe(path: Path) -> tuple[int, int]:
-    """(video frames, media duration in µs) of a segment file, read from its packets without decoding."""
-    with av.open(str(path)) as c:
+def probe(path: Path | BinaryIO) -> tuple[int, int]:
+    """(video frames, media duration in µs) of a segment file (a path, or its plaintext as a file object), read from
+    its packets without decoding."""
+    with av.open(
+        path if not isinstance(path, Path) else str(path), "r", format=None if isinstance(path, Path) else "mp4"
+    ) as c:
         if not c.streams.video:
             return 0, 0
         v = c.streams.video[0]
@@ -65,6 +71,8 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
     partial = final.with_name(final.name + layout.PARTIAL_SUFFIX)
     with ctx.db.session() as s:
         has_row = s.scalar(select(Segment.id).where(Segment.volume_id == volume.id, Segment.rel_path == j.rel_path))
+    if j.encryption is not None:
+        return _recover_encrypted(ctx, j, journal_path, volume.id, final, partial, has_row is not None)
     outcome = "cleaned"
     recovered = False
     if has_row is None and not final.exists() and partial.exists():
@@ -107,38 +115,128 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
                 log.warning("recovery: %s was complete but not yet renamed; kept whole", final)
     if has_row is None and final.exists():
         frames, duration_us = probe(final)
-        with ctx.db.session() as s:
-            row = catalog.register_segment(
-                s,
-                camera_id=j.camera_id,
-                volume_id=volume.id,
-                rel_path=j.rel_path,
-                start_us=j.start_us,
-                media_duration_us=duration_us,
-                size=final.stat().st_size,
-                frames=frames,
-                codecs=j.codecs,
-                clock_offset_us=j.clock_offset_us,
-                sha256=file_digest(final, j.hash_alg),
-                hash_alg=j.hash_alg,
-                recovered=recovered,
-                now_us=ctx.clock.now_us(),
-                floor_days=ctx.settings.retention_floor_days,
-            )
-            holds.seal_new_segment(s, j.camera_id, row.start_us, row.end_us, final)
+        _register(ctx, j, volume.id, final, frames, duration_us, None, recovered)
         outcome = "recovered" if recovered else "registered"
-        log.warning(
-            "recovery: registered %s as segment %d of camera %s (%d frames, %.3f s)%s",
-            final,
-            row.seq,
-            j.camera_id,
-            frames,
-            duration_us / 1e6,
-            " after cutting it back" if recovered else "",
-        )
     journal_path.unlink(missing_ok=True)
     fsync_dir(journal_path.parent)
     return outcome
+
+
+def _quarantine(path: Path, why: str) -> None:
+    aside = path.with_name(path.name + ".corrupt")
+    os.rename(path, aside)
+    fsync_dir(path.parent)
+    log.error("recovery: %s cannot be recovered (%s); moved to %s for a person to look at", path, why, aside)
+
+
+def _recover_encrypted(
+    ctx: RecorderContext, j: Journal, journal_path: Path, volume_id: str, final: Path, partial: Path, has_row: bool
+) -> str:
+    """The encrypted counterpart of the steps above (storage.segment_io.recover_encrypted). Without the master key
+    nothing is touched and the journal stays: the next start (with the key back) finishes the job."""
+    assert j.encryption is not None
+    sidecar = segment_io.sidecar_path(final)
+    name = segment_io.segment_name(volume_id, j.rel_path)
+    outcome = "cleaned"
+    if not has_row and not final.exists() and partial.exists():
+        try:
+            _cipher, key = segment_io.data_key(final, ctx.keyring, name)
+        except KeyringError as exc:
+            if exc.code.startswith("master_key"):
+                log.error("recovery: %s left for later: %s", partial, exc.message)
+                return "skipped"
+            _quarantine(partial, exc.message)  # the sidecar is gone or damaged: keep the ciphertext for a person
+            key = None
+        if key is not None:
+            try:
+                result = segment_io.recover_encrypted(partial, j.encryption, key, j.hash_alg)
+            except NvrError as exc:
+                _quarantine(partial, f"{exc.code}: {exc.message}")
+                result = None
+            if result is not None and result.action == "unusable":
+                partial.unlink()
+                sidecar.unlink(missing_ok=True)
+                fsync_dir(partial.parent)
+                log.warning("recovery: %s had no complete fragment; removed (%d bytes)", partial, result.original_size)
+                outcome = "removed"
+            elif result is not None:
+                rename_noreplace(partial, final)
+                fsync_dir(final.parent)
+                log.warning(
+                    "recovery: encrypted %s %s (%d -> %d bytes, %d complete fragments kept)",
+                    final,
+                    "kept whole" if result.action == "untouched" else "cut back and re-sealed",
+                    result.original_size,
+                    result.new_size,
+                    result.fragments_kept,
+                )
+                outcome = _register_encrypted(ctx, j, volume_id, final, key, recovered=not result.closed)
+    elif not has_row and final.exists():
+        try:
+            _cipher, key = segment_io.data_key(final, ctx.keyring, name)
+        except KeyringError as exc:
+            log.error("recovery: %s left for later: %s", final, exc.message)
+            return "skipped"
+        outcome = _register_encrypted(ctx, j, volume_id, final, key, recovered=False)
+    elif not has_row and not partial.exists():
+        sidecar.unlink(missing_ok=True)  # the crash came before the first media byte: the key wraps nothing
+    journal_path.unlink(missing_ok=True)
+    fsync_dir(journal_path.parent)
+    return outcome
+
+
+def _register_encrypted(
+    ctx: RecorderContext, j: Journal, volume_id: str, final: Path, key: bytes, recovered: bool
+) -> str:
+    reader = crypt.DecryptingReader(final, key)
+    with segment_io.PlainView(reader) as view:
+        frames, duration_us = probe(view)  # type: ignore[arg-type]
+    _register(ctx, j, volume_id, final, frames, duration_us, reader.plain_digest(j.hash_alg), recovered)
+    return "recovered" if recovered else "registered"
+
+
+def _register(
+    ctx: RecorderContext,
+    j: Journal,
+    volume_id: str,
+    final: Path,
+    frames: int,
+    duration_us: int,
+    plain_digest: str | None,
+    recovered: bool,
+) -> None:
+    """Insert the recovered file's row (its digest of the stored bytes computed now) and seal it under a hold."""
+    with ctx.db.session() as s:
+        row = catalog.register_segment(
+            s,
+            camera_id=j.camera_id,
+            volume_id=volume_id,
+            rel_path=j.rel_path,
+            start_us=j.start_us,
+            media_duration_us=duration_us,
+            size=final.stat().st_size,
+            frames=frames,
+            codecs=j.codecs,
+            clock_offset_us=j.clock_offset_us,
+            sha256=file_digest(final, j.hash_alg),
+            hash_alg=j.hash_alg,
+            plain_digest=plain_digest,
+            encryption=j.encryption,
+            recovered=recovered,
+            now_us=ctx.clock.now_us(),
+            floor_days=ctx.settings.retention_floor_days,
+        )
+        holds.seal_new_segment(s, j.camera_id, row.start_us, row.end_us, final)
+    log.warning(
+        "recovery: registered %s%s as segment %d of camera %s (%d frames, %.3f s)%s",
+        "encrypted " if j.encryption else "",
+        final,
+        row.seq,
+        j.camera_id,
+        frames,
+        duration_us / 1e6,
+        " after cutting it back" if recovered else "",
+    )
 
 
 def recover_all(ctx: RecorderContext) -> dict[str, int]:

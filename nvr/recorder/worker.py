@@ -281,6 +281,11 @@ class CameraWorker(threading.Thread):
                         "camera_clock_drift",
                         f"media clock behind server clock by {(offset - run_offset) / 1e6:.3f} s; re-anchored",
                     )
+                    log.warning(
+                        "camera %s: media clock behind server clock by %.3f s; re-anchored",
+                        self.camera_id,
+                        (offset - run_offset) / 1e6,
+                    )
                     run_offset = offset
                 run_offset = offset if run_offset is None else min(run_offset, offset)
             if is_video and pkt.is_keyframe:
@@ -307,8 +312,10 @@ class CameraWorker(threading.Thread):
                     if seg is not None:
                         duration_us = media_us - seg.first_media_us
                         self._finish(seg, duration_us, run_offset)
+                    volume = self.ctx.pick_volume()
+                    hash_alg = self.ctx.hash_alg()
                     writer = SegmentWriter(
-                        self.ctx.pick_volume(),
+                        volume,
                         self.camera_id,
                         start_us,
                         run_offset,
@@ -316,7 +323,8 @@ class CameraWorker(threading.Thread):
                         codecs,
                         extradata,
                         container_format=fmt,
-                        hash_alg=self.ctx.hash_alg(),
+                        hash_alg=hash_alg,
+                        encryption=self.ctx.encryption_for(volume, hash_alg),
                     )
                     self._segment = _Open(writer, dts, media_us)
                     if seg is None:
@@ -429,6 +437,8 @@ class CameraWorker(threading.Thread):
                 clock_offset_us=run_offset,
                 sha256=done.sha256,
                 hash_alg=done.hash_alg,
+                plain_digest=done.plain_digest,
+                encryption=done.encryption,
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
                 floor_days=self.ctx.settings.retention_floor_days,

@@ -12,13 +12,18 @@ from pathlib import Path
 
 import av
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from integrity import keys, suites
 from nvr import registry
 from nvr.models import Segment, Volume
 from nvr.runtime import Runtime
 from storage import catalog, layout
+from storage.crypt import EncryptingWriter
+from storage.keyring import Keyring, ensure_master_key, wrap, write_sidecar
+from storage.segment_io import segment_name, sidecar_path
 from storage.writer import MOVFLAGS
+from tests.support.media import top_boxes
 
 CLIP_SECONDS = 2
 FPS = 25
@@ -70,11 +75,19 @@ def add_camera(rt: Runtime, camera_id: str, unit: str = "Unit A", share_class: s
 
 
 def add_segments(
-    rt: Runtime, camera_id: str, start_us: int, count: int, *, first_variant: int | None = None
+    rt: Runtime,
+    camera_id: str,
+    start_us: int,
+    count: int,
+    *,
+    first_variant: int | None = None,
+    encrypt: bool = False,
 ) -> list[int]:
     """``count`` touching 2 s segments from ``start_us``; returns their start times. With ``first_variant``, segment
     i is a copy of ``clip(variant=first_variant + i)``, so no two of its files are equal (a swap is a real change).
-    Hashed with the active suite's algorithm, as the recorder hashes them."""
+    Hashed with the active suite's algorithm, as the recorder hashes them. ``encrypt``: stored encrypted at rest
+    as the recorder stores them (storage.writer: a sidecar with the data key wrapped by the active master key, one
+    record per fragment), made on first use."""
     starts = []
     with rt.db.session() as s:
         vol = s.scalars(select(Volume)).first()
@@ -87,7 +100,13 @@ def add_segments(
             dst.parent.mkdir(parents=True, exist_ok=True)
             src = clip() if first_variant is None else clip(variant=first_variant + i)
             size, digest = _file_facts(src, hash_alg)
-            shutil.copyfile(src, dst)
+            plain_digest = cipher = None
+            if encrypt:
+                cipher = next(x.cipher for x in suites.SUITES.values() if x.hash_alg == hash_alg)
+                plain_digest = digest
+                size, digest = _encrypt_copy(rt, s, src, dst, cipher, hash_alg, segment_name(vol.id, rel))
+            else:
+                shutil.copyfile(src, dst)
             catalog.register_segment(
                 s,
                 camera_id=camera_id,
@@ -101,12 +120,37 @@ def add_segments(
                 clock_offset_us=0,
                 sha256=digest,
                 hash_alg=hash_alg,
+                plain_digest=plain_digest,
+                encryption=cipher,
                 recovered=False,
                 now_us=rt.clock.now_us(),
                 floor_days=rt.settings.retention_floor_days,
             )
             starts.append(t)
     return starts
+
+
+def _encrypt_copy(
+    rt: Runtime, s: Session, src: Path, dst: Path, cipher: str, hash_alg: str, name: str
+) -> tuple[int, str]:
+    """Copy ``src`` to ``dst`` encrypted, a record per top-level box run ending at each ``mdat`` (as the muxer's
+    flushes fall: the init section, then one ``moof``+``mdat`` per fragment)."""
+    master = ensure_master_key(s, Keyring(rt.settings.master_keys_dir), rt.clock.now_us())
+    key = suites.new_key(cipher)
+    write_sidecar(sidecar_path(dst), cipher, name, [wrap(master, cipher, name, key)])
+    data = src.read_bytes()
+    w = EncryptingWriter(dst, cipher, key, hash_alg)
+    boxes = top_boxes(data)
+    cut = 0
+    for i, (box, _a, b) in enumerate(boxes):
+        if box in (b"moov", b"mdat") or i == len(boxes) - 1:
+            w.write(data[cut:b])
+            w.seal()
+            cut = b
+    w.finish()
+    w.fsync()
+    w.close()
+    return w.stored_size, w.hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
