@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from integrity.problems import Problem
 
 MODES = pytest.mark.parametrize("mode", ["stopped", "restarted"])
+SUITES = pytest.mark.parametrize("suite", ["ed25519-sha256", "sm2-sm3"])
+"""For the cases that build their own archive (the ``archive`` fixture is parametrised the same way)."""
 CAMS = ("cam1", "cam2")
 SEG = CLIP_SECONDS * 1_000_000
 MIN = 60_000_000
@@ -288,8 +290,11 @@ def test_edited_row_times_are_a_chain_break(archive: Archive, mode: str) -> None
 
 
 @MODES
-def test_file_swapped_for_another_cameras_segment_is_a_hash_mismatch(runtime: Runtime, mode: str) -> None:
-    arc = _build(runtime, distinct=True)  # every file differs, so the swap really changes what each row names
+@SUITES
+def test_file_swapped_for_another_cameras_segment_is_a_hash_mismatch(runtime: Runtime, mode: str, suite: str) -> None:
+    arc = _build(
+        runtime, distinct=True, suite=suite
+    )  # every file differs, so the swap really changes what each row names
     rt = arc.rt
     tamper.swap_files(segment_path(rt, "cam1", 2), segment_path(rt, "cam2", 4))
     report = _after(rt, mode)
@@ -452,11 +457,12 @@ def _cli_camera(env: dict[str, str]) -> Callable[[Runtime, str], None]:
 
 @pytest.mark.parametrize("column", ["share_class", "managing_unit", "policy_id"])
 @MODES
+@SUITES
 def test_8_edited_camera_record_is_a_registry_mismatch(
-    runtime: Runtime, mode: str, column: str, nvr_env: dict[str, str]
+    runtime: Runtime, mode: str, column: str, nvr_env: dict[str, str], suite: str
 ) -> None:
     """A camera record edited by SQL, past the service functions that audit every change with its digest."""
-    arc = _build(runtime, before_checkpoint=_second_policy, make_camera=_cli_camera(nvr_env))
+    arc = _build(runtime, before_checkpoint=_second_policy, make_camera=_cli_camera(nvr_env), suite=suite)
     rt = arc.rt
     with rt.db.session() as s:
         short = s.scalar(select(RetentionPolicy.id).where(RetentionPolicy.name == "short"))
@@ -475,8 +481,9 @@ def _month_policy(rt: Runtime, base: int) -> None:
 
 
 @MODES
-def test_9_a_clock_40_days_ahead_deletes_nothing(runtime: Runtime, mode: str) -> None:
-    arc = _build(runtime, before_checkpoint=_month_policy)
+@SUITES
+def test_9_a_clock_40_days_ahead_deletes_nothing(runtime: Runtime, mode: str, suite: str) -> None:
+    arc = _build(runtime, before_checkpoint=_month_policy, suite=suite)
     rt = arc.rt
     if mode == "restarted":
         _restart(rt)
