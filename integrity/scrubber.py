@@ -38,6 +38,7 @@ from integrity.verify_archive import (
     VOLUME_IDENTITY_FILE,
     FileHash,
     check_file,
+    check_sidecar,
     hash_file,
     open_counts,
     open_finding,
@@ -187,6 +188,7 @@ class Scrubber(BackgroundLoop):
                     select(
                         Segment.id, Segment.camera_id, Segment.seq, Segment.volume_id, Segment.rel_path,
                         Segment.bytes, Segment.sha256, Segment.hash_alg, Segment.start_us, Segment.end_us,
+                        Segment.encryption,
                     )
                     .where(Segment.id > cursor, Segment.sweep_batch_id.is_(None))
                     .order_by(Segment.id)
@@ -209,6 +211,8 @@ class Scrubber(BackgroundLoop):
             except OSError as exc:
                 result = exc
         problem = check_file(row, result, path) if result is not None else None
+        if problem is None and isinstance(result, FileHash):
+            problem = check_sidecar(row, path)
         if problem is not None and not still_current(self.db, row.id, row.sha256):
             problem, outcome = None, "gone"  # swept (or re-registered) while we read: nothing to report
         else:

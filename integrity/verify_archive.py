@@ -547,6 +547,29 @@ def check_file(row: Any, result: FileHash | OSError, path: Path, unmounted: Path
     return None
 
 
+SIDECAR_SUFFIX = ".key"
+"""storage.keyring.SIDECAR_SUFFIX: an encrypted segment's wrapped data key, ``<segment>.key``."""
+
+
+def check_sidecar(row: Any, path: Path) -> Problem | None:
+    """An encrypted segment (``row.encryption`` set) without its wrapped data key beside it is footage nobody can
+    decrypt any more: ``missing_file``, as for the segment itself (the sidecar is outside the hash by design, so
+    that re-wrapping never touches footage; its presence is checked here instead)."""
+    if getattr(row, "encryption", None) is None:
+        return None
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if sidecar.is_file():
+        return None
+    return Problem(
+        "missing_file",
+        row.camera_id,
+        row.seq,
+        row.start_us,
+        segment_subject(row.camera_id, row.seq),
+        f"{sidecar}: the segment's wrapped data key is missing (without it the footage cannot be decrypted)",
+    )
+
+
 def still_current(db: Database, segment_id: int, sha256: str) -> bool:
     """True while the row still exists unchanged and is not being deleted (a sweep may have taken it meanwhile)."""
     with db.session() as s:
@@ -574,16 +597,9 @@ def _rehash(
         its plaintext must be what the row (and so the chain) says."""
         report.encrypted += 1
         subject = segment_subject(row.camera_id, row.seq)
-        sidecar = path.with_name(path.name + ".key")
-        if not sidecar.is_file():
-            return Problem(
-                "missing_file",
-                row.camera_id,
-                row.seq,
-                row.start_us,
-                subject,
-                f"{sidecar}: the segment's wrapped data key is missing (without it the footage cannot be decrypted)",
-            )
+        missing = check_sidecar(row, path)
+        if missing is not None:
+            return missing
         if plain_check is None:
             report.plaintext_unchecked = "not asked to decrypt (stored bytes only)"
             return None

@@ -155,3 +155,20 @@ def test_a_finding_of_a_segment_the_sweeper_deleted_stays_open(runtime: Runtime)
     assert counts is not None and counts.resolved == 0
     with rt.db.session() as s:  # what was missing, and when, is still evidence until a person resolves it
         assert [(f.kind, f.seq) for f in open_findings(s)] == [("missing_file", 1)]
+
+
+def test_an_encrypted_segments_lost_wrapped_key_is_a_missing_file_finding(runtime: Runtime) -> None:
+    """The sidecar is outside the hash (re-wrapping must not touch footage), so the scrubber checks it is there:
+    without it the segment can never be decrypted, which is as good as a deleted file."""
+    rt = runtime
+    add_camera(rt, "cam1")
+    add_segments(rt, "cam1", T0, 3, encrypt=True)
+    path = segment_path(rt, "cam1", 3)
+    sidecar = path.with_name(path.name + ".key")
+    sidecar.unlink()
+    counts = _scrubber(rt, []).run_pass()
+    assert counts is not None and counts.segments == 3 and counts.missing == 1 and counts.mismatch == 0
+    with rt.db.session() as s:
+        (finding,) = open_findings(s)
+        assert (finding.kind, finding.seq, finding.source) == ("missing_file", 3, "scrubber")
+        assert str(sidecar) in finding.detail and "wrapped data key" in finding.detail
