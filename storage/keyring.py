@@ -96,12 +96,36 @@ class Keyring:
         _write_private(self.folder / f"{mk.key_id}.key", key.hex().encode() + b"\n")
         return mk
 
+    @property
+    def retired_folder(self) -> Path:
+        """Master keys retired by ``nvr keys master rotate --retire-old``: never used for new wraps and no sidecar
+        wraps under them any more, kept (so a segment that was being opened during the rotation still opens) until
+        an operator deletes them."""
+        return self.folder / "retired"
+
     def master_keys(self) -> list[MasterKey]:
         """Every readable master key, oldest first (by file time); a damaged or mis-named file is an error."""
-        if not self.folder.is_dir():
+        return self._read(self.folder)
+
+    def retired_keys(self) -> list[MasterKey]:
+        return self._read(self.retired_folder)
+
+    def retire(self, key_id: str) -> None:
+        """Move a master key out of the active set into :attr:`retired_folder`, durably."""
+        self.retired_folder.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.rename(self.folder / f"{key_id}.key", self.retired_folder / f"{key_id}.key")
+        for d in (self.retired_folder, self.folder):
+            dfd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _read(self, folder: Path) -> list[MasterKey]:
+        if not folder.is_dir():
             return []
         found: list[tuple[float, MasterKey]] = []
-        for path in self.folder.glob("*.key"):
+        for path in folder.glob("*.key"):
             mode = stat.S_IMODE(path.stat().st_mode)
             if mode & 0o077:
                 raise KeyringError(
@@ -131,7 +155,7 @@ class Keyring:
         return keys[-1]
 
     def get(self, key_id: str) -> MasterKey | None:
-        return next((k for k in self.master_keys() if k.key_id == key_id), None)
+        return next((k for k in (*self.master_keys(), *self.retired_keys()) if k.key_id == key_id), None)
 
 
 def _aad(cipher: str, segment: str) -> bytes:
@@ -257,9 +281,10 @@ def rotate_master(
     session: Session, ring: Keyring, volumes: dict[str, Path], now_us: int, actor: audit_log.Actor, retire_old: bool
 ) -> MasterRotation:
     """``nvr keys master rotate``: make a new master key and wrap every encrypted segment's data key under it too;
-    footage and chain are not touched (the sidecars are outside the hash). With ``retire_old`` and no segment left
-    that only an older key opens, the older wraps and key files go: whoever kept a copy of an old key file can no
-    longer use it on these sidecars. A sidecar that cannot be re-wrapped is listed and stops the retirement."""
+    footage and chain are not touched (the sidecars are outside the hash). With ``retire_old`` and every sidecar
+    re-wrapped, the older wraps go and the older key files move to :attr:`Keyring.retired_folder`: whoever kept a
+    copy of an old key can no longer open these sidecars with it. A sidecar that cannot be re-wrapped is listed and
+    stops the retirement."""
     new = ring.create()
     rewrapped = already = 0
     problems: list[str] = []
@@ -288,8 +313,10 @@ def rotate_master(
             kept = [w for w in body["wraps"] if w.get("master_key_id") == new.key_id]  # type: ignore[attr-defined]
             if kept != body["wraps"]:
                 write_sidecar(sidecar, str(body["cipher"]), str(body["segment"]), kept)
+        # Moved aside, not deleted: a segment the recorder opened just before the new key existed (its row not yet
+        # there) is wrapped under an old key only, and must still open; the next rotation re-wraps it.
         for k in old:
-            (ring.folder / f"{k.key_id}.key").unlink()
+            ring.retire(k.key_id)
             retired.append(k.key_id)
     audit_log.record(
         session,

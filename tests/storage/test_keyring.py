@@ -82,3 +82,23 @@ def test_tampered_wrap_swapped_or_exposed_key_file(tmp_path: Path) -> None:
         ring.master_keys()
     assert e.value.code == "master_key_exposed"
     assert mk.key.hex() not in repr(mk)
+
+
+def test_a_retired_master_key_wraps_nothing_new_but_still_opens_a_late_sidecar(tmp_path: Path) -> None:
+    """A segment the recorder opened just before a rotation is wrapped under the old key only; retiring that key
+    (``nvr keys master rotate --retire-old``) moves it aside rather than delete it, so the segment still opens."""
+    ring = keyring.Keyring(tmp_path / "mk")
+    old = ring.create()
+    data_key = suites.new_key("aes-256-gcm")
+    sidecar = tmp_path / "seg.mp4.key"
+    keyring.write_sidecar(
+        sidecar, "aes-256-gcm", "v/seg.mp4", [keyring.wrap(old, "aes-256-gcm", "v/seg.mp4", data_key)]
+    )
+    new = ring.create()
+    ring.retire(old.key_id)
+    assert [k.key_id for k in ring.master_keys()] == [new.key_id] and ring.active().key_id == new.key_id
+    assert [k.key_id for k in ring.retired_keys()] == [old.key_id]
+    assert keyring.unwrap(ring, sidecar, "v/seg.mp4") == ("aes-256-gcm", data_key)
+    assert keyring.rewrap(ring, sidecar, "v/seg.mp4", new)  # the next rotation moves it onto the active key
+    wraps = keyring.read_sidecar(sidecar)["wraps"]
+    assert [w["master_key_id"] for w in wraps] == [new.key_id]  # type: ignore[index]
