@@ -287,7 +287,7 @@ def time_write_bundle(
     dest = rt.settings.exports_dir / f"bench-{n}-{'full' if convenience else 'originals'}.zip"
     work = rt.settings.exports_dir / f"bench-work-{n}"
     phases: dict[str, float] = {}
-    patch = mock.patch.object(bundle, "_convenience", lambda inp, out_dir, cancelled: {}) if not convenience else None
+    patch = mock.patch.object(bundle, "_convenience", lambda *_args: {}) if not convenience else None
     try:
         if patch is not None:
             patch.start()

@@ -10,14 +10,23 @@ The checks, each reported by name (docs/exports/bundle.md):
   manifest's ``crypto``.
 - ``manifest signature``: ``manifest.sig`` is that key's signature over manifest.json's exact bytes.
 - ``manifest format``: the manifest has the structure this verifier knows (format, version, types).
-- ``SHA256SUMS``: its hash is the manifest's ``sha256sums_sha256`` and it lists exactly the manifest's files.
+- ``SHA256SUMS`` / ``SM3SUMS``: one list per digest algorithm the manifest's files use; its digest (in its own
+  algorithm) is the manifest's ``sha256sums_sha256`` / ``sm3sums_sm3`` and it lists exactly the manifest's files
+  of that algorithm.
 - ``no unlisted members``: nothing in the ZIP that the manifest does not list (besides manifest.json,
-  manifest.sig and SHA256SUMS).
+  manifest.sig and the sums lists).
 - ``original hashes``, ``convenience hashes``, ``file hashes``: every listed file is present and hashes to the
-  listed SHA-256 and size; an original also to its segment row's, a convenience file to its camera's entry.
-  A member whose ZIP CRC-32 fails is reported here too.
-- ``chain <camera>``: every original's link recomputes from its row, rows are consecutive (seq and prev_link),
-  continue through the bridge rows and end exactly at the referenced checkpoint's ``{seq, link}`` for the camera.
+  listed digest (in the entry's ``alg``) and size; an original also to its segment row's (in the row's
+  ``hash_alg``: its ``sha256``, or its ``plain_digest`` when the archive stores it encrypted and the bundle holds
+  the plaintext), a convenience file to its camera's entry. A member whose ZIP CRC-32 fails is reported here too.
+- ``chain <camera>``: every original's link recomputes from its row (with the row's ``hash_alg``, so a camera whose
+  chain crosses a suite change verifies), rows are consecutive (seq and prev_link), continue through the bridge
+  rows and end exactly at the referenced checkpoint's ``{seq, link}`` for the camera.
+
+Algorithms: a version-1 manifest (written before suites) has no ``alg``/``hash_alg`` fields and every digest in it
+is SHA-256; version 2 names the algorithm of every digest, and a missing name still means SHA-256, the only
+algorithm version 1 knew. The signature is checked in the manifest's ``crypto.suite`` (Ed25519 or SM2); the key's
+fingerprint is SHA-256 in every suite.
 - ``checkpoint <id>``: the checkpoint's body is an ``nvr-checkpoint`` of this database, signed by its key: the
   bundle's signing key, or a key in the manifest's ``keys`` whose file is listed with its hash (so the signed
   manifest vouches for it) and whose fingerprint matches.
@@ -25,12 +34,12 @@ The checks, each reported by name (docs/exports/bundle.md):
 Result: ``unreadable`` when the bundle cannot be read at all, ``invalid`` when any other check fails,
 ``unsigned`` when only the signature is missing, otherwise ``valid``. Nothing here raises on bad input: a
 truncated or corrupt file becomes a failed check. Members are streamed in chunks, never read whole, except the
-manifest, SHA256SUMS and key files, which have size limits. Imports only integrity.chain and integrity.signing.
+manifest, the sums lists and key files, which have size limits. Imports only integrity.chain, integrity.signing
+and integrity.suites.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import stat
@@ -40,17 +49,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from integrity import chain, signing
+from integrity import chain, signing, suites
 from nvr.errors import NvrError
 
 FORMAT = "nvr-export-bundle"
 VERSION = 1
+VERSIONS = (1, 2)  # storage.bundle: 1 all SHA-256 and stored bytes, 2 per-digest algorithms and decrypted originals
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 SUMS = "SHA256SUMS"
+SUMS_FILES = {"sha256": "SHA256SUMS", "sm3": "SM3SUMS"}
+SUMS_KEYS = {"sha256": "sha256sums_sha256", "sm3": "sm3sums_sm3"}
 PUBLIC_KEY = "public_key.pem"
 FINGERPRINT = "public_key.sha256"
-UNLISTED_OK = {MANIFEST, SIGNATURE, SUMS}
+UNLISTED_OK = {MANIFEST, SIGNATURE, *SUMS_FILES.values()}
+_HASH_NAMES = {"sha256": "SHA-256", "sm3": "SM3"}
 MAX_MANIFEST = 64 << 20
 MAX_SMALL = 1 << 20  # signature, keys, fingerprint file
 CHUNK = 8 << 20
@@ -107,6 +120,16 @@ def _int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _alg(entry: dict, field_name: str = "alg") -> str:
+    """The algorithm of an entry's digest: its ``alg`` (a file) or ``hash_alg`` (a row); absent means SHA-256, the
+    only algorithm of version-1 bundles."""
+    return str(entry.get(field_name) or suites.DEFAULT_HASH)
+
+
+def _known_alg(v: object) -> bool:
+    return v is None or v in suites.HASH_ALGS
+
+
 def _need(cond: bool, what: str) -> None:
     if not cond:
         raise _Format(what)
@@ -117,18 +140,26 @@ def _check_format(m: object) -> None:
     _need(isinstance(m, dict), "manifest.json is not a JSON object")
     assert isinstance(m, dict)
     _need(m.get("format") == FORMAT, f"format is {m.get('format')!r}, not {FORMAT!r}")
-    _need(m.get("version") == VERSION, f"version {m.get('version')!r} is not {VERSION}")
+    _need(m.get("version") in VERSIONS, f"version {m.get('version')!r} is not one of {', '.join(map(str, VERSIONS))}")
     crypto = m.get("crypto")
     _need(isinstance(crypto, dict) and isinstance(crypto.get("suite"), str), "crypto.suite missing")
+    assert isinstance(crypto, dict)
+    _need(crypto["suite"] in suites.SUITES, f"crypto.suite {crypto['suite']!r} is not a known suite")
+    _need(_known_alg(crypto.get("hash")), f"crypto.hash {crypto.get('hash')!r} is not a known hash")
     _need(isinstance(m.get("database_id"), str), "database_id missing")
     files = m.get("files")
     _need(isinstance(files, list), "files is not a list")
     for i, f in enumerate(files):  # type: ignore[arg-type]
         _need(
-            isinstance(f, dict) and isinstance(f.get("path"), str) and _hex64(f.get("sha256")) and _int(f.get("bytes")),
-            f"files[{i}] is not {{path, sha256, bytes}}",
+            isinstance(f, dict)
+            and isinstance(f.get("path"), str)
+            and _hex64(f.get("sha256"))
+            and _int(f.get("bytes"))
+            and _known_alg(f.get("alg")),
+            f"files[{i}] is not {{path, sha256, bytes[, alg]}} with a known alg",
         )
-    _need(_hex64(m.get("sha256sums_sha256")), "sha256sums_sha256 missing")
+    if m.get("version") == VERSION:  # version 2's lists are checked one by one (sums_check)
+        _need(_hex64(m.get("sha256sums_sha256")), "sha256sums_sha256 missing")
     for name in ("checkpoints", "keys", "cameras"):
         _need(isinstance(m.get(name), list) and all(isinstance(x, dict) for x in m[name]), f"{name} is not a list")
     for i, cp in enumerate(m["checkpoints"]):
@@ -152,12 +183,21 @@ def _check_format(m: object) -> None:
             missing = [f for f in (*chain.LINKED_FIELDS, "prev_link", "link") if f not in row]
             _need(not missing, f"camera {cam['id']}: a row lacks {missing}")
             _need(_int(row["seq"]) and isinstance(row["prev_link"], str), f"camera {cam['id']}: bad row")
+            _need(_known_alg(row.get("hash_alg")), f"camera {cam['id']} seq {row['seq']}: unknown hash_alg")
         for row in cam["segments"]:
             _need(isinstance(row.get("path"), str), f"camera {cam['id']} seq {row['seq']}: no path")
+            if row.get("content") is not None:
+                _need(
+                    row["content"] == "plaintext" and _hex64(row.get("plain_digest")) and _int(row.get("plain_bytes")),
+                    f"camera {cam['id']} seq {row['seq']}: content is not 'plaintext' with plain_digest, plain_bytes",
+                )
         for c in cam["convenience"]:
             _need(
-                isinstance(c.get("path"), str) and isinstance(c.get("sha256"), str) and _int(c.get("bytes")),
-                f"camera {cam['id']}: a convenience entry lacks path, sha256 or bytes",
+                isinstance(c.get("path"), str)
+                and isinstance(c.get("sha256"), str)
+                and _int(c.get("bytes"))
+                and _known_alg(c.get("alg")),
+                f"camera {cam['id']}: a convenience entry lacks path, sha256 or bytes, or has an unknown alg",
             )
         _need(_int(cam.get("checkpoint_id")) or not cam["segments"], f"camera {cam['id']}: no checkpoint_id")
 
@@ -182,7 +222,8 @@ class _Verifier:
         self.summary: dict[str, Any] = {}
         self.zf: zipfile.ZipFile | None = None
         self.members: dict[str, zipfile.ZipInfo] = {}
-        self.hashes: dict[str, tuple[str | None, int, str | None]] = {}  # path -> (sha256, bytes, read error)
+        self.hashes: dict[tuple[str, str], tuple[str | None, int, str | None]] = {}
+        """(path, alg) -> (digest, bytes, read error)"""
 
     def add(self, name: str, problems: list[str], ok_text: str = "ok") -> bool:
         self.checks.append(Check(name, not problems, _detail(problems, ok_text), problems))
@@ -208,11 +249,11 @@ class _Verifier:
         except Exception as exc:  # CRC error, truncated member, bad header
             return None, f"{name} cannot be read: {exc}"
 
-    def stream_hash(self, name: str) -> tuple[str | None, int, str | None]:
-        if name in self.hashes:
-            return self.hashes[name]
+    def stream_hash(self, name: str, alg: str = suites.DEFAULT_HASH) -> tuple[str | None, int, str | None]:
+        if (name, alg) in self.hashes:
+            return self.hashes[(name, alg)]
         assert self.zf is not None
-        h = hashlib.sha256()
+        h = suites.new_hash(alg)
         n = 0
         err = None
         try:
@@ -223,7 +264,7 @@ class _Verifier:
         except Exception as exc:
             err = f"cannot be read ({exc})"
         result = (None if err else h.hexdigest(), n, err)
-        self.hashes[name] = result
+        self.hashes[(name, alg)] = result
         return result
 
     # -- the checks ---------------------------------------------------------------------------------------------
@@ -255,8 +296,9 @@ class _Verifier:
         except Exception as exc:
             fmt_problem = f"manifest.json has an unexpected structure: {exc}"
         suite = signing.DEFAULT_SUITE
-        if not fmt_problem:
-            suite = manifest["crypto"]["suite"]
+        crypto = manifest.get("crypto") if isinstance(manifest, dict) else None
+        if isinstance(crypto, dict) and crypto.get("suite") in suites.SUITES:
+            suite = crypto["suite"]  # even in a manifest this verifier cannot read further: a signature is checkable
         self.signature_checks(body, manifest if not fmt_problem else None, suite)
         self.add("manifest format", [fmt_problem] if fmt_problem else [])
         if fmt_problem:
@@ -342,6 +384,8 @@ class _Verifier:
             window={"start": window.get("start"), "end": window.get("end")},
             case_ref=export.get("case_ref"),
             created=m.get("created"),
+            suite=m["crypto"]["suite"],
+            hash_algs=sorted({_alg(f) for f in m["files"]}),
             checkpoints=sorted({c.get("checkpoint_id") for c in m["cameras"] if c.get("checkpoint_id") is not None}),
         )
 
@@ -352,21 +396,14 @@ class _Verifier:
             if f["path"] in listed or f["path"] in UNLISTED_OK:
                 dup.append(f"{f['path']} is listed more than once or is a reserved name")
             listed[f["path"]] = f
-        # SHA256SUMS
-        problems = list(dup)
-        if SUMS not in self.members:
-            problems.append("SHA256SUMS is missing")
-        else:
-            data, err = self.small(SUMS, MAX_MANIFEST)
-            if err:
-                problems.append(err)
-            elif hashlib.sha256(data or b"").hexdigest() != m["sha256sums_sha256"]:
-                problems.append("SHA256SUMS's hash is not the manifest's sha256sums_sha256")
-            else:
-                expected = "".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(listed.values(), key=_path))
-                if (data or b"").decode("utf-8", "replace") != expected:
-                    problems.append("SHA256SUMS does not list exactly the manifest's files")
-        self.add("SHA256SUMS", problems, "matches the signed manifest")
+        if dup:
+            self.add("files listed once", dup)
+        by_alg: dict[str, list[dict]] = {}
+        for f in listed.values():
+            by_alg.setdefault(_alg(f), []).append(f)
+        for alg in suites.HASH_ALGS:
+            if alg in by_alg or (alg == suites.DEFAULT_HASH and m["version"] == VERSION) or SUMS_KEYS[alg] in m:
+                self.sums_check(m, alg, by_alg.get(alg, []))
         unlisted = sorted(n for n in self.members if n not in listed and n not in UNLISTED_OK)
         self.add("no unlisted members", [f"{n} is in the ZIP but not in the manifest" for n in unlisted])
         # Hashes, grouped.
@@ -381,19 +418,58 @@ class _Verifier:
         for group, problems in groups.items():
             self.add(group, problems, f"{counts[group]} file(s) match")
 
+    def sums_check(self, m: dict, alg: str, files: list[dict]) -> None:
+        """The sums list of ``alg``: present, its digest (in ``alg``) the manifest's, listing exactly ``files``."""
+        name, key = SUMS_FILES[alg], SUMS_KEYS[alg]
+        problems = []
+        if name not in self.members:
+            problems.append(f"{name} is missing")
+        elif not _hex64(m.get(key)):
+            problems.append(f"the manifest has no {key} for {name}")
+        else:
+            data, err = self.small(name, MAX_MANIFEST)
+            if err:
+                problems.append(err)
+            elif suites.digest(alg, data or b"") != m[key]:
+                problems.append(f"{name}'s {_HASH_NAMES[alg]} is not the manifest's {key}")
+            else:
+                expected = "".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(files, key=_path))
+                if (data or b"").decode("utf-8", "replace") != expected:
+                    problems.append(f"{name} does not list exactly the manifest's {_HASH_NAMES[alg]} files")
+        self.add(name, problems, "matches the signed manifest")
+
     def file_problems(self, path: str, entry: dict | None, row: dict | None) -> list[str]:
         if entry is None:
             return [f"{path} is not in the manifest's files"]
         if path not in self.members:
             return [f"{path} is missing from the bundle"]
-        digest, n, err = self.stream_hash(path)
+        alg = _alg(entry)
+        digest, n, err = self.stream_hash(path, alg)
         if err:
             return [f"{path} {err}"]
         out = []
         if digest != entry["sha256"] or n != entry["bytes"]:
-            out.append(f"{path}: SHA-256 {digest} ({n} bytes), listed {entry['sha256']} ({entry['bytes']} bytes)")
-        if row is not None and (row.get("sha256") != digest or row.get("bytes") != n):
-            out.append(f"{path}: does not match its manifest entry's sha256/bytes")
+            out.append(
+                f"{path}: {_HASH_NAMES[alg]} {digest} ({n} bytes), listed {entry['sha256']} ({entry['bytes']} bytes)"
+            )
+        if row is not None and "link" in row:  # an original: its member against its segment row
+            row_alg = _alg(row, "hash_alg")
+            decrypted = row.get("content") == "plaintext"
+            if decrypted != (row.get("encryption") is not None):
+                out.append(
+                    f"{path}: the member is {'plaintext' if decrypted else 'as stored'}, but the row says "
+                    f"the segment is {'not ' if decrypted else ''}encrypted at rest"
+                )
+            want, want_n = (
+                (row.get("plain_digest"), row.get("plain_bytes")) if decrypted else (row["sha256"], row["bytes"])
+            )
+            if row_alg != alg:
+                out.append(f"{path}: listed in {alg}, but its segment row is hashed with {row_alg}")
+            elif want != digest or want_n != n:
+                what = "plain_digest (the archive stores it encrypted)" if decrypted else "sha256"
+                out.append(f"{path}: does not match its segment row's {what}/bytes ({row_alg})")
+        elif row is not None and (row.get("sha256") != digest or row.get("bytes") != n or _alg(row) != alg):
+            out.append(f"{path}: does not match its manifest entry's sha256/bytes/alg")
         return out
 
     def chain_checks(self, m: dict) -> None:
@@ -415,9 +491,12 @@ class _Verifier:
         signer = m["crypto"]
         key = keys.get(cp["key_id"])
         if key is not None:
-            digest, _, err = self.stream_hash(key["path"]) if key["path"] in self.members else (None, 0, "missing")
-            listed = {f["path"]: f["sha256"] for f in m["files"]}
-            if err or listed.get(key["path"]) != digest:
+            listed = {f["path"]: f for f in m["files"]}
+            key_alg = _alg(listed.get(key["path"], {}))
+            digest, _, err = (
+                self.stream_hash(key["path"], key_alg) if key["path"] in self.members else (None, 0, "missing")
+            )
+            if err or listed.get(key["path"], {}).get("sha256") != digest:
                 problems.append(f"key file {key['path']} is missing, unreadable or not listed with its hash")
             else:
                 data, err = self.small(key["path"])
@@ -473,6 +552,8 @@ class _Verifier:
             try:
                 if chain.link(row["prev_link"], row) != row["link"]:
                     problems.append(f"seq {seq}: link does not recompute from the row")
+            except NvrError as exc:
+                problems.append(f"seq {seq}: link cannot be computed ({exc.message})")
             except (ValueError, TypeError) as exc:
                 problems.append(f"seq {seq}: link cannot be computed ({exc})")
             prev = row
