@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 STALE_US = 120_000_000
 POLL_SECONDS = 2.0
 PROGRESS_EVERY_S = 1.0
-_ROW_FIELDS = (*chain.LINKED_FIELDS, "prev_link", "link")
+_ROW_FIELDS = (*chain.LINKED_FIELDS, *chain.OPTIONAL_FIELDS, "prev_link", "link")  # hash_alg: per-row digests
 
 
 def bundle_path(services: Services, job: ExportJob) -> Path | None:
@@ -350,6 +350,7 @@ class ExportRunner(BackgroundLoop):
         shutil.rmtree(d / f"work-{job_id}", ignore_errors=True)
         for p in d.glob(f"export-*-{job_id}.zip.partial"):
             p.unlink(missing_ok=True)
+        exports.remove_unpublished(d, job_id)  # issue 14: a plain ZIP left by a job that died while encrypting it
 
     # --- one job --------------------------------------------------------------------------------------------
     def run_job(self, job_id: int) -> None:
@@ -449,6 +450,7 @@ class ExportRunner(BackgroundLoop):
 
     def _make_bundle(self, job_id: int, progress: _Progress) -> tuple[Any, dict[str, tuple[int, int]]]:
         from storage.bundle import write_bundle
+        from storage.keyring import Keyring
 
         svc = self.services
         settings = svc.settings
@@ -523,10 +525,18 @@ class ExportRunner(BackgroundLoop):
         work.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             result = write_bundle(
-                dest, inp, signer, work_dir=work, progress=progress.update, cancelled=progress.cancelled
+                dest,
+                inp,
+                signer,
+                work_dir=work,
+                progress=progress.update,
+                cancelled=progress.cancelled,
+                keyring=Keyring(settings.master_keys_dir),  # originals encrypted at rest go out decrypted
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        # Issue 14, encrypted copies: to a recipient key, only the envelope is kept (api.exports; integrity.envelope).
+        result = exports.seal_for_recipient(svc.db, job_id, result, progress.cancelled)
         return result, per_camera
 
 
@@ -673,7 +683,7 @@ def rows_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[dict
     """The segments overlapping the window, oldest first, with every field the manifest and the verifier need."""
     cols = [getattr(Segment, f) for f in _ROW_FIELDS]
     q = (
-        select(*cols, Segment.rel_path, Volume.path)
+        select(*cols, Segment.volume_id, Segment.rel_path, Volume.path)
         .join(Volume, Volume.id == Segment.volume_id)
         .where(
             Segment.camera_id == camera_id,
@@ -686,6 +696,7 @@ def rows_in(s: Session, camera_id: str, start_us: int, end_us: int) -> list[dict
     out = []
     for row in s.execute(q):
         d = dict(zip(_ROW_FIELDS, row[: len(_ROW_FIELDS)], strict=True))
+        d["volume_id"] = row[-3]  # with rel_path, an encrypted segment's name in its key sidecar (storage.segment_io)
         d["rel_path"] = row[-2]
         d["_path"] = Path(row[-1]) / row[-2]
         out.append(d)

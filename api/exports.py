@@ -13,6 +13,11 @@ The workflow (docs/exports/README.md):
 4. The requester or the co-signer starts the export job (api.export_jobs); both, and only they, may download the
    bundle, ``export_max_downloads`` times in all, until it expires.
 
+**Encrypted copies** (docs/exports/encrypted-copies.md): a request may name a recipient public key (X25519 or SM2,
+PEM). It is checked when the request is filed (``recipient_key_invalid``), kept with its type and fingerprint on the
+request, named in every audit event of the request (:func:`event`), and the job seals the finished ZIP into an
+envelope to that key (:func:`seal_for_recipient`, integrity.envelope); only the envelope is kept and served.
+
 The requester may withdraw the request until a bundle has been made. Every step is one audit event written here, in
 the step's own transaction. Nobody approves a request they filed or co-signed: two people means two people.
 
@@ -28,8 +33,11 @@ approves.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import false, or_, select, update
 from sqlalchemy.orm import Session
@@ -38,10 +46,14 @@ from api import audit, grants
 from api.footage import segments_in
 from api.people import Principal, require_text
 from api.roles import grantable_actions
+from integrity import envelope, keys, suites
 from nvr import registry
 from nvr.clock import iso
 from nvr.errors import Kind, NvrError
 from nvr.models import ExportApproval, ExportJob, ExportRequest, Grant, User
+
+if TYPE_CHECKING:
+    from nvr.db import Database
 
 MAX_CAMERAS = 64
 STATES = ("pending_cosign", "pending_approval", "approved", "rejected", "withdrawn", "expired")
@@ -60,6 +72,8 @@ class ExportSpec:
     recipient: str
     destination: str
     grant_id: int | None = None
+    recipient_public_key: str | None = None
+    """PEM of the X25519 or SM2 public key the bundle is to be encrypted to; None for a bundle in the clear."""
 
 
 def effective_state(r: ExportRequest, now_us: int, has_bundle: bool = False) -> str:
@@ -120,8 +134,19 @@ def locked_request(s: Session, request_id: int) -> ExportRequest:
     return r
 
 
+def encryption_note(r: ExportRequest) -> str | None:
+    """``encrypted to <type> key <fingerprint>`` for a request with a recipient key, else None."""
+    if not r.recipient_key_fingerprint:
+        return None
+    return f"encrypted to {r.recipient_key_type} key {r.recipient_key_fingerprint}"
+
+
 def event(r: ExportRequest, action: str, reason: str | None = None, **kw: Any) -> audit.Event:
-    """An export step's audit event: the request, its window, purpose, case and destination."""
+    """An export step's audit event: the request, its window, purpose, case and destination; for an encrypted copy
+    the reason starts with the recipient key's type and fingerprint (first, so clipping a long reason keeps it)."""
+    note = encryption_note(r)
+    if note is not None:
+        reason = note if not reason else f"{note}; {reason}"
     return audit.Event(
         action,
         kw.pop("outcome", "ok"),
@@ -157,6 +182,8 @@ def _validate(s: Session, spec: ExportSpec, max_window_hours: int, now_us: int) 
     require_text(spec.legal_basis, "legal_basis_invalid", "legal basis", 2000)
     require_text(spec.recipient, "recipient_invalid", "recipient", 2000)
     require_text(spec.destination, "destination_invalid", "destination", 2000)
+    if spec.recipient_public_key is not None:
+        envelope.parse_recipient(spec.recipient_public_key)  # recipient_key_invalid
     for c in cameras:
         registry.get(s, c)  # camera_not_found
     if not any(segments_in(s, c, spec.start_us, spec.end_us) for c in cameras):
@@ -205,9 +232,16 @@ def _grant_covering(
 
 
 def create(
-    s: Session, p: Principal, meta: audit.RequestMeta, spec: ExportSpec, max_window_hours: int, now_us: int
+    s: Session,
+    p: Principal,
+    meta: audit.RequestMeta,
+    spec: ExportSpec,
+    max_window_hours: int,
+    now_us: int,
+    configured_suite: str | None = None,
 ) -> ExportRequest:
-    """File an export request (``export.request``)."""
+    """File an export request (``export.request``). ``configured_suite`` (setting ``crypto_suite``) decides which
+    recipient key type is accepted before the archive has a signing key (:func:`check_recipient_suite`)."""
     if not p.can("exports.request"):
         raise _deny("role_forbidden", "only an officer may request an export")
     require_may_copy(p, "file an export request")
@@ -220,6 +254,9 @@ def create(
                 f"camera {c!r} is not shared outside its managing unit; only its own officers may export it",
             )
     g = _grant_covering(s, p, cameras, spec.start_us, spec.end_us, now_us, spec.grant_id)
+    key = None if spec.recipient_public_key is None else envelope.parse_recipient(spec.recipient_public_key)
+    if key is not None:
+        check_recipient_suite(s, key, configured_suite)
     r = ExportRequest(
         requester_id=p.user_id,
         cameras=",".join(cameras),
@@ -230,6 +267,9 @@ def create(
         legal_basis=spec.legal_basis.strip(),
         recipient=spec.recipient.strip(),
         destination=spec.destination.strip(),
+        recipient_key_pem=None if key is None else key.pem,
+        recipient_key_type=None if key is None else key.key_type,
+        recipient_key_fingerprint=None if key is None else key.fingerprint,
         route="grant" if g is not None else "approval",
         grant_id=g.id if g is not None else None,
         state="pending_cosign",
@@ -501,7 +541,69 @@ def view(s: Session, r: ExportRequest, now_us: int) -> dict[str, Any]:
             for d in decisions(s, r)
         ],
         "decision_reason": r.decision_reason,
+        "encryption": encryption_view(r),
         "approved_until": iso(r.approved_until_us),
         "created": iso(r.created_us),
         "job": job_view(latest_job(s, r.id)),
     }
+
+
+# --- encrypted copies (integrity.envelope) ---------------------------------------------------------------------
+def encryption_view(r: ExportRequest) -> dict[str, Any] | None:
+    """None for a bundle in the clear; else the recipient key's type and fingerprint, and the envelope's cipher."""
+    if not r.recipient_key_fingerprint or not r.recipient_key_type:
+        return None
+    return {
+        "recipient_key_type": r.recipient_key_type,
+        "recipient_key_fingerprint": r.recipient_key_fingerprint,
+        "cipher": envelope.CIPHER_OF.get(r.recipient_key_type),
+        "format": f"{envelope.FORMAT}/{envelope.VERSION}",
+    }
+
+
+def check_recipient_suite(s: Session, key: envelope.Recipient, configured_suite: str | None) -> None:
+    """An export is encrypted to the recipient type of the archive's suite (integrity.suites: X25519 for
+    ``ed25519-sha256``, SM2 for ``sm2-sm3``), the suite of the active signing key, or the configured one before the
+    first key is made: 422 ``recipient_key_suite_mismatch`` otherwise, so an SM2 archive never sends AES copies."""
+    active = keys.active_key(s)
+    suite = suites.get(active.suite if active is not None else configured_suite or suites.DEFAULT_SUITE)
+    if key.key_type != suite.recipient:
+        raise NvrError(
+            Kind.INVALID_ARGUMENT,
+            "recipient_key_suite_mismatch",
+            f"this archive's crypto suite is {suite.name}: exports are encrypted to {suite.recipient.upper()} keys "
+            f"({suite.cipher}); the key given is an {key.key_type.upper()} key",
+        )
+
+
+def seal_for_recipient(db: Database, job_id: int, result: Any, cancelled: Callable[[], bool] | None = None) -> Any:
+    """The export job's last step (api.export_jobs): when the job's request names a recipient key, encrypt the
+    finished ZIP (``result``, a storage.bundle.BundleResult) into ``<name>.nvrenc`` and delete the ZIP; the result
+    returned then describes the envelope (path, bytes, SHA-256), which is what is published and served. Without a
+    recipient key, ``result`` unchanged. The plain ZIP is removed whatever happens; ``cancelled`` is polled per
+    chunk (it also refreshes the job's heartbeat, so a long encryption is not taken for a dead process)."""
+    with db.session() as s:
+        job = s.get(ExportJob, job_id)
+        r = s.get(ExportRequest, job.request_id) if job is not None else None
+        pem = None if r is None else r.recipient_key_pem
+    if pem is None:
+        return result
+    plain = Path(result.path)
+    try:
+        recipient = envelope.parse_recipient(pem)
+
+        def tick(_done: int) -> None:
+            if cancelled is not None and cancelled():
+                raise NvrError(Kind.FAILED_PRECONDITION, "export_cancelled", "the export was cancelled")
+
+        sealed = envelope.seal_envelope(plain, plain.with_name(plain.name + envelope.SUFFIX), recipient, progress=tick)
+    finally:
+        plain.unlink(missing_ok=True)
+    return dataclasses.replace(result, path=sealed.path, bytes=sealed.bytes, sha256=sealed.sha256)
+
+
+def remove_unpublished(exports_dir: Path, job_id: int) -> None:
+    """What a failed or interrupted job may have left besides its partial ZIP: the finished plain ZIP (a process
+    that died while encrypting it) and the envelope's temporary file. Only for jobs that were never published."""
+    for p in [*exports_dir.glob(f"export-*-{job_id}.zip"), *exports_dir.glob(f".export-*-{job_id}.zip.nvrenc.*")]:
+        p.unlink(missing_ok=True)

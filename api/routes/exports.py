@@ -13,6 +13,7 @@ from pydantic import Field
 from api import export_jobs, exports
 from api.context import Ctx, requires
 from api.routes.schemas import Body
+from integrity.envelope import SUFFIX as ENVELOPE_SUFFIX
 from nvr.clock import parse_iso
 
 router = APIRouter(tags=["exports"])
@@ -29,6 +30,18 @@ class ExportBody(Body):
     recipient: Long
     destination: Annotated[str, Field(min_length=1, max_length=2000, description="where the copy will go")]
     grant_id: Annotated[int, Field(ge=1, le=2**62)] | None = None
+    recipient_public_key: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=16384,
+                description="PEM public key (X25519 or SM2) the bundle is encrypted to; the download is then an "
+                "envelope only that key's private half opens (docs/exports/encrypted-copies.md)",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class DecisionBody(Body):
@@ -59,11 +72,14 @@ def create_export(body: ExportBody, ctx: Annotated[Ctx, Depends(requires("export
         recipient=body.recipient,
         destination=body.destination,
         grant_id=body.grant_id,
+        recipient_public_key=body.recipient_public_key,
     )
     ctx.hint(window_start_us=spec.start_us, window_end_us=spec.end_us)
     now = ctx.now_us
     with ctx.db.session() as s:
-        r = exports.create(s, ctx.me, ctx.meta, spec, ctx.settings.export_max_window_hours, now)
+        r = exports.create(
+            s, ctx.me, ctx.meta, spec, ctx.settings.export_max_window_hours, now, ctx.settings.crypto_suite
+        )
         return exports.view(s, r, now)
 
 
@@ -157,7 +173,13 @@ def cancel_job(request_id: int, ctx: Annotated[Ctx, Depends(requires("export.job
 @router.get(
     "/exports/{request_id}/bundle",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}, "description": "The signed bundle, whole."}},
+    responses={
+        200: {
+            "content": {"application/zip": {}, "application/octet-stream": {}},
+            "description": "The signed bundle, whole; an envelope (application/octet-stream, ``.zip.nvrenc``) when "
+            "the request named a recipient key.",
+        }
+    },
 )
 def download_bundle(
     request_id: int,
@@ -178,12 +200,14 @@ def download_bundle(
         if d is not None:  # counted, but the commit failed: nothing is sent, nothing was counted
             d.file.close()
         raise
+    sealed = (d.job.bundle_name or "").endswith(ENVELOPE_SUFFIX)  # encrypted to the request's recipient key
+    filename = d.filename + ENVELOPE_SUFFIX if sealed else d.filename
     return StreamingResponse(
         _chunks(d.file),
-        media_type="application/zip",
+        media_type="application/octet-stream" if sealed else "application/zip",
         headers={
             "Content-Length": str(d.size),
-            "Content-Disposition": f'attachment; filename="{d.filename}"',
+            "Content-Disposition": f'attachment; filename="{filename}"',
             "X-Bundle-SHA256": d.job.bundle_sha256 or "",
             "Accept-Ranges": "none",
         },

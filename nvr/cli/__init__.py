@@ -15,6 +15,7 @@ from nvr.cli import (  # noqa: F401  (each registers its commands)
     capacity,
     checkpoints,
     clock,
+    decrypt_export,
     holds,
     integrity,
     keys,

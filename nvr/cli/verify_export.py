@@ -1,4 +1,8 @@
-"""``nvr verify-export BUNDLE --trusted-key FINGERPRINT [--json]``: check an export bundle offline.
+"""``nvr verify-export BUNDLE --trusted-key FINGERPRINT [--key PRIVATE.pem] [--json]``: check an export bundle offline.
+
+An encrypted copy (``.zip.nvrenc``, docs/exports/encrypted-copies.md) is decrypted with ``--key`` into a temporary
+folder first (nvr.cli.decrypt_export); without ``--key``, or when it does not open, the result is ``unreadable``
+with the envelope's error code.
 
 Needs no server, database, data folder or settings: only the bundle and the fingerprint of the server's key,
 obtained through a trusted channel (``nvr keys list`` on the server). Prints ``valid``, ``invalid``, ``unsigned`` or
@@ -35,7 +39,7 @@ EXIT_USAGE = 4
 
 def _usage(message: str) -> typer.Exit:
     typer.echo(f"error: usage: {message}", err=True)
-    typer.echo("usage: nvr verify-export BUNDLE --trusted-key FINGERPRINT [--json]", err=True)
+    typer.echo("usage: nvr verify-export BUNDLE --trusted-key FINGERPRINT [--key PRIVATE.pem] [--json]", err=True)
     return typer.Exit(EXIT_USAGE)
 
 
@@ -60,7 +64,7 @@ def _human(report: Any) -> str:
             f"cameras:     {', '.join(s.get('cameras') or []) or '-'}",
             f"window:      {window.get('start')} .. {window.get('end')}",
             f"case:        {s.get('case_ref') or '-'}",
-            f"signed by:   key {s.get('key_id')} (fingerprint {s.get('fingerprint')})",
+            f"signed by:   key {s.get('key_id')} (fingerprint {s.get('fingerprint')}), suite {s.get('suite') or '-'}",
             f"checkpoints: {', '.join(str(c) for c in s.get('checkpoints') or []) or '-'}",
             f"checks:      {len(report.checks)} passed",
         ]
@@ -79,6 +83,10 @@ def verify_export(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option("--key", help="For an encrypted copy (.nvrenc): the recipient's private key.", show_default=False),
+    ] = None,
 ) -> None:
     """Check an export bundle offline: signature, trusted key, every file's hash, the originals' chain up to a
     signed checkpoint. Exit 0 valid, 1 invalid, 2 unsigned, 3 unreadable, 4 bad usage."""
@@ -96,7 +104,19 @@ def verify_export(
         raise _usage(f"--trusted-key: {exc.message}") from None
     if not bundle.is_file():
         raise _usage(f"{bundle}: no such file")
-    report = verify_bundle(bundle, fingerprint)
+    from nvr.cli.decrypt_export import ENVELOPE_CODES, opened_for_verify  # an encrypted copy: decrypted first
+
+    try:
+        with opened_for_verify(bundle, key) as plain:
+            report = verify_bundle(plain, fingerprint)
+    except NvrError as exc:
+        if exc.code not in ENVELOPE_CODES:
+            raise
+        if as_json:
+            typer.echo(json.dumps({"bundle": str(bundle), "result": "unreadable", "error": exc.code}, indent=2))
+        else:
+            typer.echo(f"unreadable\nFAILED envelope: {exc.code}: {exc.message}")
+        raise typer.Exit(EXIT["unreadable"]) from None
     if as_json:
         typer.echo(json.dumps({"bundle": str(bundle), **report.as_dict()}, indent=2, sort_keys=True, default=str))
     else:
