@@ -102,11 +102,12 @@ def volume_list(as_json: JsonOpt = False) -> None:
                     "identity": identity,
                     "free_bytes": free,
                     "configured": path in rt.settings.effective_volumes,
+                    "encrypted": v.encryption is not None or rt.settings.encryption_at_rest,
                     "bytes_per_camera": vol.bytes_per_camera(s, v.id),
                 }
             )
     lines = [
-        f"{o['path']}  {o['identity']}  free={o['free_bytes']}  "
+        f"{o['path']}  {o['identity']}  {'encrypted' if o['encrypted'] else 'plain'}  free={o['free_bytes']}  "
         + " ".join(f"{c}={b}" for c, b in sorted(o["bytes_per_camera"].items()))
         for o in out
     ]

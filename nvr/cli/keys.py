@@ -84,10 +84,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
         human = "\n".join(lines)
     for m in masters:
         mark = "*" if m["active"] else " "
-        human += (
-            f"\n{mark} {m['key_id']}  any suite  master  created {m['created']}  "
-            f"{'active' if m['active'] else 'opens older wraps'}  {m['file']}"
-        )
+        human += f"\n{mark} {m['key_id']}  any suite  master  created {m['created']}  {m['state']}  {m['file']}"
     if pinned.problems:
         human += "\nkey log problems:\n" + "\n".join(f"  {p}" for p in pinned.problems)
     if master_problems:
@@ -187,24 +184,28 @@ def master_rows(folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The master keys for ``nvr keys list``: (rows, problems reading the folder)."""
     from storage.keyring import Keyring, KeyringError
 
+    ring = Keyring(folder)
     try:
-        found = Keyring(folder).master_keys()
+        found = ring.master_keys()
+        retired = ring.retired_keys()
     except KeyringError as exc:
         return [], [f"{exc.code}: {exc.message}"]
     rows = []
-    for i, k in enumerate(found):
-        created = int((folder / f"{k.key_id}.key").stat().st_mtime * 1_000_000)
-        rows.append(
-            {
-                "key_id": k.key_id,
-                "suite": "any",
-                "purpose": "master",
-                "ciphers": ["aes-256-gcm", "sm4-gcm"],
-                "created": iso(created),
-                "active": i == len(found) - 1,
-                "file": str(folder / f"{k.key_id}.key"),
-            }
-        )
+    for state, where, keys_ in (("retired", ring.retired_folder, retired), ("", folder, found)):
+        for i, k in enumerate(keys_):
+            file = where / f"{k.key_id}.key"
+            rows.append(
+                {
+                    "key_id": k.key_id,
+                    "suite": "any",
+                    "purpose": "master",
+                    "ciphers": ["aes-256-gcm", "sm4-gcm"],
+                    "created": iso(int(file.stat().st_mtime * 1_000_000)),
+                    "active": not state and i == len(keys_) - 1,
+                    "state": state or ("active" if i == len(keys_) - 1 else "opens older wraps"),
+                    "file": str(file),
+                }
+            )
     return rows, []
 
 

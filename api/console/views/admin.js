@@ -148,6 +148,7 @@ add({
     "alarm.integrity_mismatch": "integrity findings are open",
     "alarm.checkpoints_stale": "signed checkpoints are stale",
     "alarm.clock_untrusted": "the clock is not trusted",
+    "alarm.master_key_missing": "no master key: encrypted footage can be neither recorded nor played",
     "alarm.abnormal_use": "abnormal use detected",
   },
   zh: {
@@ -289,6 +290,7 @@ add({
     "alarm.integrity_mismatch": "存在未处理的完整性问题",
     "alarm.checkpoints_stale": "签名检查点过期",
     "alarm.clock_untrusted": "时钟不可信",
+    "alarm.master_key_missing": "缺少主密钥：加密录像无法录制或回放",
     "alarm.abnormal_use": "检测到异常使用",
   },
 });
