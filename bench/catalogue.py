@@ -1,4 +1,4 @@
-"""The synthetic segment catalogue that bench/playback.py and bench/retention.py build, and the helpers both use
+"""The synthetic segment catalogue that bench/playback.py and bench/retention_bench.py build, and the helpers both use
 around it (not a benchmark of its own; imported by those two scripts).
 
 A catalogue is described by a ``plan`` and a ``media`` mapping:

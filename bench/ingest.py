@@ -4,9 +4,15 @@ For each camera count N a fresh demo RTSP server (``bench/demo_server.py``, its 
 counted) serves N cameras of the same pre-encoded pattern (default 1280x720, 25 fps, GOP 2 s, about 3 Mbit/s).
 Against that one server, one after the other (never at once: the machine has few cores):
 
-1. **nvr**: a fresh data folder, N cameras registered and activated through the ``nvr`` command line code
-   (``camera add bench-i --name ... --url rtsp://.../cam-i --unit Bench --activate``), then ``nvr record`` as a
+1. **nvr**: a fresh data folder made through the ``nvr`` command line code (``init --suite S``, then N cameras
+   ``camera add bench-i --name ... --url rtsp://.../cam-i --unit Bench --activate``), then ``nvr record`` as a
    subprocess (SQLite, the default), stopped with SIGTERM, which finishes the open segments.
+   **nvr-enc** (``--encrypt``, run right after **nvr** against the same server): the same with the setting
+   ``encryption_at_rest`` on (``NVR_ENCRYPTION_AT_REST=true``, so the default volume is made encrypted and every
+   segment is sealed under its own data key in the suite's cipher: AES-256-GCM for ``ed25519-sha256``, SM4-GCM for
+   ``sm2-sm3``), with a master key made before the recorder starts. ``encryption_overhead`` is nvr-enc's CPU-s per
+   stream-minute over nvr's, per suite (goal of issue 14: at most 1.1); the segments' ``encryption`` and
+   ``hash_alg`` columns are counted afterwards, so a run that did not actually encrypt cannot pass for one.
 2. **ffmpeg**: N processes of ``ffmpeg -hide_banner -loglevel error -nostdin -rtsp_transport tcp -i URL -c copy
    -f segment -segment_time 60 out-%03d.mp4``, stopped with SIGINT, which finishes the open file.
 
@@ -24,9 +30,15 @@ so a few frames per camera that were in flight at the stop are expected in that 
 (server count at the moment the stop signal went out) bounds it from the other side. A loss inside a recording
 shows as fewer frames than its media duration implies, reported as ``holes``.
 
+``--suites ed25519-sha256,sm2-sm3`` runs the nvr recorders once per suite. ``--quick`` (2 small cameras, a few
+seconds, nvr only, plus nvr-enc with ``--encrypt``) checks its own result and exits non-zero when a recorder
+failed, recorded nothing for a camera or, encrypted, left a segment unencrypted (the test suite runs it).
+
 Usage::
 
     .venv/bin/python bench/ingest.py --cameras 1,16,64 --seconds 60
+    .venv/bin/python bench/ingest.py --cameras 64 --seconds 60 --recorders nvr --encrypt --suites ed25519-sha256,sm2-sm3
+    .venv/bin/python bench/ingest.py --quick --encrypt
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -46,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the project ahead of bench/ (this script's folder), for the --register child
 PYTHON = sys.executable
 NVR = str(Path(sys.executable).with_name("nvr"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -271,11 +285,17 @@ def losses(
 
 
 # --- nvr ------------------------------------------------------------------------------------------------------------
-def register_main(data_dir: str, port: int, cameras: int) -> None:
-    """Child process: register and activate the cameras through the ``nvr`` CLI's own entry (one process, not N)."""
+def register_main(data_dir: str, port: int, cameras: int, suite: str) -> None:
+    """Child process: ``init`` in ``suite``, a master key when encrypting, then register and activate the cameras,
+    all through the ``nvr`` CLI's own entry (one process, not N)."""
     os.environ["NVR_DATA_DIR"] = data_dir
     from nvr.cli.common import app
+    from nvr.config import Settings
 
+    app(["init", "--suite", suite], standalone_mode=False)
+    settings = Settings()
+    if settings.encryption_at_rest:
+        ensure_master_key(settings)
     for i in range(1, cameras + 1):
         app(
             [
@@ -294,8 +314,45 @@ def register_main(data_dir: str, port: int, cameras: int) -> None:
         )
 
 
-def run_nvr(server: DemoServer, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    data_dir = work / "nvr-data"
+def ensure_master_key(settings: Any) -> None:
+    """A master key for encryption at rest: ``nvr init`` may already have made one; else ``nvr keys master create``
+    when the CLI has it, else the key store's own ``create`` (storage.keyring)."""
+    from storage.keyring import Keyring
+
+    ring = Keyring(settings.master_keys_dir)
+    if ring.master_keys():
+        return
+    import click
+    import typer
+
+    from nvr.cli.common import app
+
+    keys_group = typer.main.get_command(app).commands.get("keys")  # type: ignore[attr-defined]
+    master = keys_group.commands.get("master") if isinstance(keys_group, click.Group) else None
+    if isinstance(master, click.Group) and "create" in master.commands:
+        app(["keys", "master", "create"], standalone_mode=False)
+    if not ring.master_keys():  # a CLI without the command (yet): the key store itself
+        ring.create()
+
+
+def segment_columns(db_path: Path) -> dict[str, int]:
+    """Segment rows by ``hash_alg`` and by whether ``encryption`` is set (the bench's data folder is SQLite)."""
+    counts: dict[str, int] = {}
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        for alg, enc, n in con.execute(
+            "SELECT hash_alg, encryption, count(*) FROM segments GROUP BY hash_alg, encryption"
+        ):
+            counts[f"hash_alg={alg}"] = counts.get(f"hash_alg={alg}", 0) + n
+            key = f"encryption={enc}" if enc else "plain"
+            counts[key] = counts.get(key, 0) + n
+    finally:
+        con.close()
+    return counts
+
+
+def run_nvr(server: DemoServer, args: argparse.Namespace, work: Path, suite: str, encrypt: bool) -> dict[str, Any]:
+    data_dir = work / ("nvr-data-enc" if encrypt else "nvr-data")
     # Defaults for everything else (SQLite in the data folder, one volume there); an NVR_ setting or config file
     # in the caller's environment must not leak into the measurement.
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("NVR_")}
@@ -304,19 +361,25 @@ def run_nvr(server: DemoServer, args: argparse.Namespace, work: Path) -> dict[st
             "NVR_DATA_DIR": str(data_dir),
             "NVR_SEGMENT_SECONDS": str(args.segment_seconds),
             "NVR_LOG_LEVEL": "WARNING",
+            "NVR_CRYPTO_SUITE": suite,
+            "NVR_ENCRYPTION_AT_REST": "true" if encrypt else "false",
         }
     )
     n = len(server.mounts)
-    subprocess.run(
-        [PYTHON, __file__, "--register", str(data_dir), str(server.port), str(n)],
+    reg = subprocess.run(
+        [PYTHON, __file__, "--register", str(data_dir), str(server.port), str(n), suite],
         env=env,
-        check=True,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    if reg.returncode != 0:
+        raise RuntimeError(f"registering the cameras failed: {reg.stderr.strip()[-1500:]}")
     before = server.stats()
     mark_dropped(server)
-    log = open(work / "nvr-record.log", "w")  # noqa: SIM115
+    log_path = work / ("nvr-record-enc.log" if encrypt else "nvr-record.log")
+    log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen([NVR, "record"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         figures = measure(server, [proc.pid], args, before)
@@ -359,7 +422,11 @@ def run_nvr(server: DemoServer, args: argparse.Namespace, work: Path) -> dict[st
     figures["bytes"] = sum(e["bytes"] for e in recorded.values())
     figures["recovered_segments"] = sum(1 for r in rows if r["recovered"])
     figures["leftover_partial_files"] = len(leftovers)
-    figures["log_warnings"] = _count_lines(work / "nvr-record.log", ("WARNING", "ERROR"))
+    figures["log_warnings"] = _count_lines(log_path, ("WARNING", "ERROR"))
+    figures["suite"] = suite
+    figures["encryption_at_rest"] = encrypt
+    figures["segment_columns"] = segment_columns(data_dir / "nvr.db")
+    figures["encrypted_segments"] = sum(v for k, v in figures["segment_columns"].items() if k.startswith("encryption="))
     return figures
 
 
@@ -491,6 +558,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+DEFAULT_SUITE = "ed25519-sha256"
+
+
+def label(rec: str, suite: str) -> str:
+    """A run's key in the results: ``nvr``, ``nvr-enc``, ``ffmpeg``; ``nvr@sm2-sm3`` for another suite."""
+    return rec if rec == "ffmpeg" or suite == DEFAULT_SUITE else f"{rec}@{suite}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| cameras | recorder | CPU-s / stream-min | CPU % of a core | PSS MiB (end / peak) | RSS MiB (end) "
@@ -498,10 +573,8 @@ def table(results: list[dict[str, Any]]) -> str:
     )
     lines = [head, "|" + "|".join(["---"] * 13) + "|"]
     for r in results:
-        for name in ("nvr", "ffmpeg"):
-            f = r.get(name)
-            if f is None:
-                continue
+        for name in r["runs"]:
+            f = r[name]
             if "error" in f:
                 lines.append(f"| {r['cameras']} | {name} | error: {f['error']} |" + " |" * 11)
                 continue
@@ -518,13 +591,58 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"| {r['cameras']} | nvr / ffmpeg | {n['cpu_s_per_stream_minute'] / g['cpu_s_per_stream_minute']:.2f}x "
                 f"| | {n['pss_mib_end'] / g['pss_mib_end']:.2f}x | | | | | | | | |"
             )
+        for suite, ratio in r.get("encryption_overhead", {}).items():
+            lines.append(
+                f"| {r['cameras']} | encrypted / plain ({suite}) | {ratio['cpu']:.2f}x | | {ratio['pss']:.2f}x "
+                "| | | | | | | | |"
+            )
     return "\n".join(lines)
+
+
+def overhead(entry: dict[str, Any], suites_: list[str]) -> dict[str, Any]:
+    """nvr-enc over nvr per suite: CPU-s per stream-minute (and the schedstat cross-check) and PSS at the end."""
+    out: dict[str, Any] = {}
+    for suite in suites_:
+        plain, enc = entry.get(label("nvr", suite)), entry.get(label("nvr-enc", suite))
+        if not plain or not enc or "error" in plain or "error" in enc:
+            continue
+        out[suite] = {
+            "cpu": round(enc["cpu_s_per_stream_minute"] / plain["cpu_s_per_stream_minute"], 3),
+            "cpu_schedstat": round(
+                enc["cpu_s_per_stream_minute_schedstat"] / plain["cpu_s_per_stream_minute_schedstat"], 3
+            ),
+            "pss": round(enc["pss_mib_end"] / plain["pss_mib_end"], 3) if plain["pss_mib_end"] else None,
+            "goal": "<= 1.1",
+        }
+    return out
+
+
+def check(results: list[dict[str, Any]]) -> list[str]:
+    """What --quick refuses: a failed recorder, a camera without a recording, an encrypted run with a plain
+    segment (or a plain run with an encrypted one), a recorder that did not exit cleanly."""
+    problems = []
+    for r in results:
+        for name in r["runs"]:
+            f = r[name]
+            where = f"{r['cameras']} camera(s), {name}"
+            if "error" in f:
+                problems.append(f"{where}: {f['error']}")
+                continue
+            if f["exit_code"] != 0:
+                problems.append(f"{where}: exit code {f['exit_code']}")
+            if f["cameras_without_recording"] or not f["frames_recorded"]:
+                problems.append(f"{where}: {f['cameras_without_recording']} camera(s) recorded nothing")
+            if name.startswith("nvr"):
+                want = f["segments"] if f["encryption_at_rest"] else 0
+                if f["encrypted_segments"] != want:
+                    problems.append(f"{where}: {f['encrypted_segments']} of {f['segments']} segments encrypted")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--register"]:
-        register_main(argv[1], int(argv[2]), int(argv[3]))
+        register_main(argv[1], int(argv[2]), int(argv[3]), argv[4])
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cameras", default="1,16,64", help="comma-separated camera counts")
@@ -532,19 +650,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5, help="seconds after all cameras stream, not measured")
     parser.add_argument("--segment-seconds", type=int, default=60, help="nvr segment length and ffmpeg -segment_time")
     parser.add_argument("--sample-every", type=float, default=2.0, help="memory sampling interval, seconds")
-    parser.add_argument("--recorders", default="nvr,ffmpeg", help="which to run, in this order")
+    parser.add_argument("--recorders", default="nvr,ffmpeg", help="which to run, in this order: nvr, nvr-enc, ffmpeg")
+    parser.add_argument("--encrypt", action="store_true", help="also nvr-enc (encryption at rest), right after nvr")
+    parser.add_argument(
+        "--suites", default=DEFAULT_SUITE, help="crypto suites for the nvr recorders: ed25519-sha256, sm2-sm3"
+    )
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--bitrate", type=int, default=3_000_000)
     parser.add_argument("--gop-seconds", type=float, default=2)
     parser.add_argument("--ffmpeg", default=shutil.which("ffmpeg") or "/usr/bin/ffmpeg")
+    parser.add_argument("--quick", action="store_true", help="2 small cameras, seconds, nvr only; checks the result")
     parser.add_argument("--workdir", type=Path, default=None, help="where recordings go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the recordings")
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default bench/results/ingest-<ts>.json)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.cameras, args.seconds, args.warmup, args.segment_seconds, args.sample_every = "2", 4.0, 1.0, 2, 1.0
+        args.width, args.height, args.bitrate, args.gop_seconds, args.recorders = 320, 180, 300_000, 1, "nvr"
     counts = [int(c) for c in args.cameras.split(",") if c.strip()]
     recorders = [r.strip() for r in args.recorders.split(",") if r.strip()]
+    if args.encrypt and "nvr-enc" not in recorders:
+        at = recorders.index("nvr") + 1 if "nvr" in recorders else 0
+        recorders.insert(at, "nvr-enc")
+    suite_names = [x.strip() for x in args.suites.split(",") if x.strip()]
+    unknown = [r for r in recorders if r not in ("nvr", "nvr-enc", "ffmpeg")]
+    unknown += [x for x in suite_names if x not in ("ed25519-sha256", "sm2-sm3")]
+    if unknown:
+        parser.error(f"unknown recorder or suite: {', '.join(unknown)}")
+    # The runs in order: the nvr recorders once per suite (plain, then encrypted), ffmpeg once.
+    plan = [(rec, suite) for suite in suite_names for rec in recorders if rec != "ffmpeg"]
+    plan += [("ffmpeg", "")] if "ffmpeg" in recorders else []
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = args.out or ROOT / "bench" / "results" / f"ingest-{stamp}.json"
     base = Path(tempfile.mkdtemp(prefix="nvr-ingest-", dir=args.workdir))
@@ -559,23 +696,33 @@ def main(argv: list[str] | None = None) -> int:
             work = base / f"{n}cam"
             work.mkdir()
             server = DemoServer(n, args, work)
-            entry: dict[str, Any] = {"cameras": n, "pattern": server.pattern}
+            entry: dict[str, Any] = {"cameras": n, "pattern": server.pattern, "runs": []}
             results.append(entry)
             try:
-                for rec in recorders:
-                    print(f"{n} camera(s): {rec} ...", flush=True)
+                for rec, suite in plan:
+                    name = label(rec, suite)
+                    print(f"{n} camera(s): {name} ...", flush=True)
+                    run_dir = work / name
+                    run_dir.mkdir()
                     try:
-                        figures = run_nvr(server, args, work) if rec == "nvr" else run_ffmpeg(server, args, work)
-                    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                        if rec == "ffmpeg":
+                            figures = run_ffmpeg(server, args, run_dir)
+                        else:
+                            figures = run_nvr(server, args, run_dir, suite, encrypt=rec == "nvr-enc")
+                    except (RuntimeError, subprocess.SubprocessError, OSError, sqlite3.Error) as exc:
                         figures = {"error": str(exc)}
-                    entry[rec] = figures
+                    entry[name] = figures
+                    entry["runs"].append(name)
                     brief = {k: v for k, v in figures.items() if k != "per_camera"}
                     print("  " + json.dumps(brief), flush=True)
                     if not args.keep:
-                        shutil.rmtree(work / ("nvr-data" if rec == "nvr" else "ffmpeg"), ignore_errors=True)
+                        for sub in ("nvr-data", "nvr-data-enc", "ffmpeg"):
+                            shutil.rmtree(run_dir / sub, ignore_errors=True)
+                entry["encryption_overhead"] = overhead(entry, suite_names)
             finally:
                 server.close()
     finally:
+        report["machine"]["loadavg_at_end"] = os.getloadavg()
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(report, indent=2))
         if not args.keep:
@@ -583,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results))
     print(f"\nresults: {out_path}")
+    problems = check(results) if args.quick else []
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,7 +11,7 @@ Catalogue (built once per database and parameters, reused from ``--data-dir`` wh
   ``bytes``, ``frames``, ``media_duration_us`` and ``sha256`` are the real file's, so playback reads, checks and
   splices real media; ``seq``, ``prev_link`` and ``link`` form a valid chain per camera (the first camera's chain
   is verified after the build).
-* Bulk path (bench/catalogue.py, shared with bench/retention.py): chain links are computed in worker processes
+* Bulk path (bench/catalogue.py, shared with bench/retention_bench.py): chain links are computed in worker processes
   (``integrity.chain.link``, as ``storage.catalog.register_segment`` does); SQLite gets ``executemany`` in one
   transaction with ``journal_mode=MEMORY`` / ``synchronous=OFF`` / a 1 GiB page cache on the build connection only
   (WAL is restored afterwards; the server uses the product's own pragmas); PostgreSQL gets ``COPY`` with the

@@ -88,3 +88,30 @@ def test_bench_crypto_quick(tmp_path: Path) -> None:
     assert {r["same_digests"] for r in result["digests"].values()} == {True}
     assert set(result["aead"]) == {"aes-256-gcm", "sm4-gcm"}
     assert all(r["sign_s"] > 0 and r["verify_s"] > 0 and r["verifies"] for r in result["signatures"].values())
+
+
+def test_bench_ingest_quick(tmp_path: Path) -> None:
+    """bench/ingest.py --quick --encrypt: 2 small cameras recorded by ``nvr record`` plain, then with encryption at
+    rest, CPU per stream-minute for both and their ratio; it exits non-zero when a recorder failed, a camera
+    recorded nothing, or a segment of the encrypted run is plain (or one of the plain run encrypted)."""
+    out = tmp_path / "ingest.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NVR_")}
+    args = [sys.executable, str(ROOT / "bench" / "ingest.py"), "--quick", "--encrypt", "--out", str(out)]
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    (entry,) = json.loads(out.read_text())["results"]
+    assert entry["runs"] == ["nvr", "nvr-enc"]
+    plain, enc = entry["nvr"], entry["nvr-enc"]
+    assert plain["segment_columns"]["plain"] == plain["segments"] > 0
+    assert enc["segment_columns"]["encryption=aes-256-gcm"] == enc["segments"] > 0
+    assert plain["cpu_s_per_stream_minute"] > 0 and enc["cpu_s_per_stream_minute"] > 0
+    assert entry["encryption_overhead"]["ed25519-sha256"]["cpu"] > 0
+
+
+def test_no_bench_script_shadows_a_project_package() -> None:
+    """A script's folder is first on ``sys.path``, so ``bench/retention.py`` once replaced the ``retention`` package
+    for everything bench/ingest.py's children imported (``cannot import name 'policies' from 'retention'``)."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert {"nvr", "retention", "storage"} <= packages
+    scripts = {p.stem for p in (ROOT / "bench").glob("*.py")}
+    assert scripts.isdisjoint(packages), scripts & packages

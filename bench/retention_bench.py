@@ -28,8 +28,8 @@ Measurement, with the clock (``FakeClock``) at the moment the first day's last s
 
 Usage (from the repository root; as root, nothing else running)::
 
-    .venv/bin/python bench/retention.py --db both
-    .venv/bin/python bench/retention.py --db sqlite --cameras 4 --days 3     # a quick trial
+    .venv/bin/python bench/retention_bench.py --db both
+    .venv/bin/python bench/retention_bench.py --db sqlite --cameras 4 --days 3     # a quick trial
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))  # bench/catalogue.py
-sys.path.insert(0, str(ROOT))  # before bench/: the project's ``retention`` package, not this script
+sys.path.insert(0, str(ROOT))  # the project first (no bench script is named like a project package: see bench/README)
 
 from catalogue import (  # noqa: E402
     bulk_postgresql,
