@@ -12,6 +12,7 @@ import threading
 
 from sqlalchemy import select
 
+from nvr.cluster import NodeLost
 from nvr.models import Camera
 from nvr.recorder.context import RecorderContext
 from nvr.recorder.recovery import recover_all
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 class Supervisor:
     def __init__(self, ctx: RecorderContext, sync_seconds: float = 2.0) -> None:
         self.ctx = ctx
+        if ctx.membership is not None:  # renew well within the lease: four chances before it expires
+            sync_seconds = min(sync_seconds, ctx.membership.timeout_us / 4e6)
         self.sync_seconds = sync_seconds
         self.workers: dict[str, CameraWorker] = {}
         self._stop = threading.Event()
@@ -30,6 +33,10 @@ class Supervisor:
         self._live_attached = False
 
     def start(self) -> None:
+        """Join the cluster (refused: ``node_id_in_use``, ``cluster_needs_postgresql``, ``node_clock_skew``), then
+        recover what a crash left, then record this node's share of the cameras."""
+        if self.ctx.membership is not None:
+            self.ctx.membership.join()
         recover_all(self.ctx)
         if self.ctx.live is not None:
             self.ctx.live.attach_recorder()  # this process now serves live view (the API's live_unavailable test)
@@ -39,17 +46,39 @@ class Supervisor:
         self._thread.start()
 
     def sync(self) -> None:
-        """Start workers for newly active cameras; stop those suspended, decommissioned or whose URL changed."""
+        """Start workers for the active cameras this node holds leases for (all of them without a cluster); stop
+        those suspended, decommissioned, moved to another node or whose URL changed. A camera this node is to hand
+        over is released only after its worker stopped, so its last segment is registered under the lease."""
+        m = self.ctx.membership
+        fences: dict[str, tuple[str, int] | None]
+        give_back: set[str] = set()
+        if m is not None:
+            m.heartbeat(len(self.workers))
+            leases = m.sync_cameras()
+            fences = {c: (m.node.id, t) for c, t in leases.record.items()}
+            give_back = leases.give_back
         with self.ctx.db.session() as s:
             wanted = {c.id: c.stream_url for c in s.scalars(select(Camera).where(Camera.state == "active"))}
+        if m is not None:
+            wanted = {c: u for c, u in wanted.items() if c in fences}
+        else:
+            fences = dict.fromkeys(wanted)
         for cam_id, worker in list(self.workers.items()):
-            if cam_id not in wanted or wanted[cam_id] != worker.url or not worker.is_alive():
+            if (
+                cam_id not in wanted
+                or wanted[cam_id] != worker.url
+                or fences.get(cam_id) != worker.fence
+                or not worker.is_alive()
+            ):
                 worker.stop()
                 worker.join()
                 del self.workers[cam_id]
+        if m is not None and give_back:
+            m.release(give_back - set(self.workers))
+            log.info("handed over camera(s) %s", ", ".join(sorted(give_back)))
         for cam_id, url in wanted.items():
             if cam_id not in self.workers:
-                w = CameraWorker(self.ctx, cam_id, url)
+                w = CameraWorker(self.ctx, cam_id, url, fences.get(cam_id))
                 self.workers[cam_id] = w
                 w.start()
                 log.info("recording camera %s", cam_id)
@@ -65,19 +94,31 @@ class Supervisor:
                     # One transaction for every live worker: a per-camera heartbeat commit cost more CPU than
                     # the camera's remuxing at 64 cameras (docs/performance.md).
                     self.ctx.heartbeat([c for c, w in self.workers.items() if w.is_alive()])
+            except NodeLost as exc:
+                log.error("%s", exc.message)
+                self._stop_workers()
+                return
             except Exception:
                 log.exception("supervisor sync failed; retrying")
+
+    def _stop_workers(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        for w in self.workers.values():
+            w.join()
+        self.workers.clear()
 
     def stop(self) -> None:
         """Finish every open segment (each becomes a row) and stop."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        for w in self.workers.values():
-            w.stop()
-        for w in self.workers.values():
-            w.join()
-        self.workers.clear()
+        self._stop_workers()
+        if self.ctx.membership is not None:
+            try:
+                self.ctx.membership.leave()  # hand every lease over at once
+            except Exception:
+                log.exception("could not hand the leases over; they expire after the lease timeout")
         if self.ctx.live is not None and self._live_attached:
             self._live_attached = False
             self.ctx.live.detach_recorder()

@@ -96,11 +96,15 @@ def _annexb_parameter_sets(data: bytes, codec: str) -> bytes:
 
 
 class CameraWorker(threading.Thread):
-    def __init__(self, ctx: RecorderContext, camera_id: str, url: str) -> None:
+    def __init__(self, ctx: RecorderContext, camera_id: str, url: str, fence: tuple[str, int] | None = None) -> None:
         super().__init__(name=f"rec-{camera_id}", daemon=True)
         self.ctx = ctx
         self.camera_id = camera_id
         self.url = url
+        self.fence = fence
+        """(node id, lease token) this worker records the camera under (nvr.cluster); every segment row checks it."""
+        self.fenced = False
+        """Set when a segment was refused because the lease moved to another node: the worker stops for good."""
         self.stop_event = threading.Event()
         self.state = "reconnecting"
         self.segments_written = 0
@@ -141,6 +145,10 @@ class CameraWorker(threading.Thread):
                 reason_code, reason = self._run_once()
                 state = "reconnecting"
             except NvrError as exc:  # volumes: identity missing, storage full
+                if exc.code == "lease_lost":
+                    self.fenced = True
+                    log.error("camera %s: %s; this node stops recording it", self.camera_id, exc.message)
+                    break
                 reason_code, reason, state = exc.code, exc.message, "error"
                 log.error("camera %s: %s", self.camera_id, exc.message)
                 self.ctx.event(self.camera_id, exc.code, exc.message)
@@ -325,6 +333,7 @@ class CameraWorker(threading.Thread):
                         container_format=fmt,
                         hash_alg=hash_alg,
                         encryption=self.ctx.encryption_for(volume, hash_alg),
+                        fence=self.fence,
                     )
                     self._segment = _Open(writer, dts, media_us)
                     if seg is None:
@@ -411,6 +420,12 @@ class CameraWorker(threading.Thread):
             raise
         try:
             self._register(seg, done, start_us, duration_us, run_offset)
+        except NvrError as exc:
+            if exc.code != "lease_lost":
+                self._pending.append(seg.writer.journal_path)
+                raise
+            self._set_fenced(seg, done, exc)
+            raise
         except Exception:
             self._pending.append(seg.writer.journal_path)
             raise
@@ -442,11 +457,19 @@ class CameraWorker(threading.Thread):
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
                 floor_days=self.ctx.settings.retention_floor_days,
+                fence=self.fence,
             )
             # An open-ended evidence hold keeps catching new footage: its files are read-only from the start.
             holds.seal_new_segment(
                 sess, self.camera_id, start_us, start_us + max(duration_us, 0), seg.writer.volume.path / done.rel_path
             )
+
+    def _set_fenced(self, seg: _Open, done: FinishedFile, exc: NvrError) -> None:
+        """The lease moved while this segment was written: keep the file aside (``.fenced``), say so, no row."""
+        from nvr.recorder.recovery import fence_file  # the same handling as a fenced journal at start-up
+
+        fence_file(self.ctx, seg.writer.journal, seg.writer.volume.path / done.rel_path, exc.message)
+        seg.writer.remove_journal()
 
     def _close_segment(self) -> None:
         """After a failure mid-segment: stop writing and let recovery keep every complete fragment."""
