@@ -25,8 +25,11 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from nvr.db import Database
@@ -36,6 +39,8 @@ from nvr.models import Camera, Lease, Node
 log = logging.getLogger(__name__)
 
 CAMERA = "camera:"
+ORDER_TOLERANCE_US = 1_000_000
+"""How far a recovered segment may start before the camera's newest segment ends (clock jitter between nodes)."""
 JOB = "job:"
 
 
@@ -59,6 +64,14 @@ def db_now_us(session: Session, fallback: Callable[[], int]) -> int:
 
 def _lock(stmt):  # type: ignore[no-untyped-def]
     return stmt.with_for_update()
+
+
+def _insert_ignore(session: Session) -> Any:
+    """INSERT of free lease rows that does nothing for a row another node inserted first (ON CONFLICT DO NOTHING)."""
+    ins = pg_insert(Lease) if is_postgresql(session) else sqlite_insert(Lease)
+    return ins.values(node_id=None, token=0, acquired_us=0, expires_us=0).on_conflict_do_nothing(
+        index_elements=["resource"]
+    )
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,7 @@ class Membership:
                 "heartbeat_us": now,
                 "cameras": 0,
                 "clock_skew_us": skew,
+                "lease_timeout_us": self.timeout_us,
             }
             if mine is None:
                 s.add(Node(id=self.node.id, **values))
@@ -217,10 +231,9 @@ class Membership:
             alive_after = now - self.timeout_us
             active = set(s.scalars(select(Camera.id).where(Camera.state == "active")))
             have = set(s.scalars(select(Lease.resource).where(Lease.resource.like(CAMERA + "%"))))
-            for cam in sorted(active):  # a lease row per active camera, made once
-                if camera_resource(cam) not in have:
-                    s.add(Lease(resource=camera_resource(cam), node_id=None, token=0, acquired_us=0, expires_us=0))
-            s.flush()
+            missing = [camera_resource(c) for c in sorted(active) if camera_resource(c) not in have]
+            if missing:  # a lease row per active camera, made once; two nodes starting together may both try
+                s.execute(_insert_ignore(s), [{"resource": r} for r in missing])
             # Renew what is still ours under the token we hold it by (nobody took it meanwhile, even if it expired
             # while the database was away). A lease row naming us that we never acquired in this process is one a
             # previous run of this node held (it is dead: join checked): adopted, so its journals still register.
@@ -304,11 +317,9 @@ class Membership:
         resource = JOB + name
         with self.db.session() as s:
             now = db_now_us(s, self.clock_us)
+            s.execute(_insert_ignore(s), [{"resource": resource}])
             lease = s.scalar(_lock(select(Lease).where(Lease.resource == resource)))
-            if lease is None:
-                lease = Lease(resource=resource, node_id=None, token=0, acquired_us=0, expires_us=0)
-                s.add(lease)
-                s.flush()
+            assert lease is not None
             if lease.node_id == self.node.id and self.tokens.get(resource) in (None, lease.token):
                 lease.expires_us = now + self.timeout_us
             elif lease.node_id is None or lease.expires_us <= now:
@@ -322,7 +333,13 @@ class Membership:
 
 
 def check_fence(
-    session: Session, camera_id: str, fence: tuple[str, int] | None, end_us: int = 0, recovered: bool = False
+    session: Session,
+    camera_id: str,
+    fence: tuple[str, int] | None,
+    end_us: int = 0,
+    recovered: bool = False,
+    start_us: int = 0,
+    last_end_us: int | None = None,
 ) -> None:
     """In a segment insert's transaction: refuse unless ``fence`` = (node id, token) is still the camera's lease
     token (the row is locked until commit, so a concurrent acquisition waits for it or sees the new token).
@@ -331,14 +348,21 @@ def check_fence(
     away, the node was slow) still registers what it recorded, since no one else recorded it; once another node
     has acquired the camera, everything the old holder writes is refused. ``recovered``: a file start-up recovery
     found after a crash may still be registered when it ended (``end_us``) before the new holder acquired the
-    camera, since it then overlaps nothing recorded since. ``None``: a caller outside the recorder (tools, tests)."""
+    camera and begins after the camera's newest segment (``last_end_us``): it then overlaps nothing and keeps the
+    chain in time order; otherwise it is fenced like a late write. ``None``: a caller outside the recorder."""
     if fence is None:
         return
     node_id, token = fence
     lease = session.scalar(_lock(select(Lease).where(Lease.resource == camera_resource(camera_id))))
     if lease is not None and (lease.node_id, lease.token) == (node_id, token):
         return
-    if recovered and lease is not None and lease.token > token and end_us <= lease.acquired_us:
+    if (
+        recovered
+        and lease is not None
+        and lease.token > token
+        and end_us <= lease.acquired_us
+        and (last_end_us is None or start_us >= last_end_us - ORDER_TOLERANCE_US)
+    ):
         return
     holder = "nobody" if lease is None or lease.node_id is None else f"node {lease.node_id!r}"
     raise NvrError(
@@ -354,7 +378,8 @@ def cluster_view(session: Session, timeout_us: int, clock_us: Callable[[], int])
     now = db_now_us(session, clock_us)
     nodes = []
     for n in session.scalars(select(Node).order_by(Node.id)):
-        state = n.state if n.state != "running" else ("alive" if n.heartbeat_us > now - timeout_us else "dead")
+        limit = n.lease_timeout_us or timeout_us  # the node's own timeout, not the reader's setting
+        state = n.state if n.state != "running" else ("alive" if n.heartbeat_us > now - limit else "dead")
         nodes.append(
             {
                 "id": n.id,
@@ -367,6 +392,7 @@ def cluster_view(session: Session, timeout_us: int, clock_us: Callable[[], int])
                 "pid": n.pid,
                 "clock_skew_s": round(n.clock_skew_us / 1e6, 3),
                 "started_us": n.started_us,
+                "lease_timeout_s": round(limit / 1e6, 3),
             }
         )
     leases = [

@@ -762,6 +762,8 @@ class Node(Base):
     """How many camera leases it held at its last heartbeat (its load)."""
     clock_skew_us: Mapped[int] = mapped_column(BigInteger, default=0)
     """Its wall clock minus the database's, at its last heartbeat."""
+    lease_timeout_us: Mapped[int] = mapped_column(BigInteger, default=15_000_000)
+    """Its lease timeout: it counts as dead once its heartbeat is older than this (whatever a reader's setting)."""
 
 
 class Lease(Base):

@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, insert, literal_column, select, union_all, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, literal_column, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import BindParameter
@@ -117,8 +117,17 @@ def register_segment(
     ``fence_end_us`` (start-up recovery): the segment may still be registered if it ended before the camera's new
     holder acquired it, i.e. it overlaps nothing recorded since.
     """
-    check_fence(session, camera_id, fence, start_us + media_duration_us if fence_end_us is None else fence_end_us,
-                recovered=fence_end_us is not None)  # fmt: skip
+    if fence is not None:
+        last_end = session.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == camera_id))
+        check_fence(
+            session,
+            camera_id,
+            fence,
+            start_us + media_duration_us if fence_end_us is None else fence_end_us,
+            recovered=fence_end_us is not None,
+            start_us=start_us,
+            last_end_us=last_end,
+        )
     heads = _heads(session, camera_id)
     head_seq, head_link = newest(heads, camera_id, hash_alg)
     end_us = start_us + media_duration_us

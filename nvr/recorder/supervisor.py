@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 from sqlalchemy import select
 
 from nvr.cluster import NodeLost
 from nvr.models import Camera
 from nvr.recorder.context import RecorderContext
-from nvr.recorder.recovery import recover_all
+from nvr.recorder.recovery import recover_all, recover_journal
 from nvr.recorder.worker import HEARTBEAT_S, CameraWorker
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live_attached = False
+        self._orphans: list[Path] = []
+        """Journals a stopped worker could not register (the database was away): retried at every sync, in order."""
 
     def start(self) -> None:
         """Join the cluster (refused: ``node_id_in_use``, ``cluster_needs_postgresql``, ``node_clock_skew``), then
@@ -72,7 +75,9 @@ class Supervisor:
             ):
                 worker.stop()
                 worker.join()
+                self._orphans += worker.pending_journals()
                 del self.workers[cam_id]
+        self._drain_orphans()
         if m is not None and give_back:
             m.release(give_back - set(self.workers))
             log.info("handed over camera(s) %s", ", ".join(sorted(give_back)))
@@ -101,12 +106,29 @@ class Supervisor:
             except Exception:
                 log.exception("supervisor sync failed; retrying")
 
+    def _drain_orphans(self) -> None:
+        """Register (or fence, if the camera's lease moved) what stopped workers left unregistered."""
+        while self._orphans:
+            journal = self._orphans[0]
+            if journal.exists():
+                try:
+                    recover_journal(self.ctx, journal)
+                except Exception as exc:
+                    log.warning("journal %s not registered yet (%s); retrying at the next sync", journal, exc)
+                    return
+            self._orphans.pop(0)
+
     def _stop_workers(self) -> None:
         for w in self.workers.values():
             w.stop()
         for w in self.workers.values():
             w.join()
+            self._orphans += w.pending_journals()
         self.workers.clear()
+        try:
+            self._drain_orphans()
+        except Exception:
+            log.exception("could not register what the stopped workers left; start-up recovery will")
 
     def stop(self) -> None:
         """Finish every open segment (each becomes a row) and stop."""

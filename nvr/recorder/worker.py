@@ -19,6 +19,7 @@ from pathlib import Path
 
 import av
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from nvr.errors import Kind, NvrError
 from nvr.models import CameraStateChange
@@ -40,6 +41,8 @@ MP4_AUDIO = ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac", "pcm_s16le", "
 # the same fragmented layout, so such cameras are recorded as .mov instead of losing their audio.
 MOV_AUDIO = ("pcm_alaw", "pcm_mulaw")
 HEARTBEAT_S = 5.0
+DB_AWAY = (OperationalError, InterfaceError)
+"""What a database that went away (restarted, unreachable) raises; recording continues to journals meanwhile."""
 # A run shorter than this does not reset the backoff: a camera that accepts and drops at once is still failing.
 STABLE_RUN_S = 30.0
 
@@ -124,6 +127,10 @@ class CameraWorker(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
 
+    def pending_journals(self) -> list[Path]:
+        """After the thread ended: the journals of segments it could not register (oldest first)."""
+        return list(self._pending)
+
     def run(self) -> None:
         s = self.ctx.settings
         backoff = s.reconnect_min_seconds
@@ -177,7 +184,10 @@ class CameraWorker(threading.Thread):
             if self.stop_event.wait(backoff):
                 break
             backoff = min(backoff * 2, s.reconnect_max_seconds)
-        self._close_segment()
+        try:
+            self._close_segment()
+        except Exception as exc:  # the supervisor retries what is left in _pending (pending_journals)
+            log.warning("camera %s: segment left for the supervisor to register (%s)", self.camera_id, exc)
         self._set_state("offline", "recorder stopped")
 
     # --- one connection -----------------------------------------------------------------------------------
@@ -412,13 +422,13 @@ class CameraWorker(threading.Thread):
             # The anchor only ever moves earlier by jitter-sized amounts; keep the run's segments touching.
             start_us = self._run_prev_end
         try:
-            self._drain_pending()
             done = seg.writer.finish()
         except Exception:
             seg.writer.abort()
             self._pending.append(seg.writer.journal_path)
             raise
         try:
+            self._drain_pending()
             self._register(seg, done, start_us, duration_us, run_offset)
         except NvrError as exc:
             if exc.code != "lease_lost":
@@ -426,6 +436,19 @@ class CameraWorker(threading.Thread):
                 raise
             self._set_fenced(seg, done, exc)
             raise
+        except DB_AWAY as exc:
+            # The database is away: the file is complete and its journal stays; recording goes on, and the rows
+            # are back-filled in order (journal by journal) once the database answers again.
+            self._pending.append(seg.writer.journal_path)
+            log.warning(
+                "camera %s: database unavailable (%s); %s kept with its journal, %d segment(s) waiting for rows",
+                self.camera_id,
+                type(exc).__name__,
+                done.rel_path,
+                len(self._pending),
+            )
+            self._run_prev_end = start_us + max(duration_us, 0)
+            return
         except Exception:
             self._pending.append(seg.writer.journal_path)
             raise
@@ -518,7 +541,10 @@ class CameraWorker(threading.Thread):
 
     def _set_state(self, state: str, reason: str | None) -> None:
         self.state = state
-        self.ctx.set_state(self.camera_id, state, reason)
+        try:
+            self.ctx.set_state(self.camera_id, state, reason)
+        except DB_AWAY as exc:  # the status board waits; the footage does not
+            log.warning("camera %s: state %s not saved, database unavailable (%s)", self.camera_id, state, exc)
 
     def __repr__(self) -> str:
         return f"CameraWorker({self.camera_id}, {redact_url(self.url)}, {self.state})"

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("heartbeat_us", sa.BigInteger(), nullable=False),
         sa.Column("cameras", sa.Integer(), nullable=False, server_default="0"),
         sa.Column("clock_skew_us", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.Column("lease_timeout_us", sa.BigInteger(), nullable=False, server_default="15000000"),
     )
     op.create_table(
         "leases",
