@@ -139,6 +139,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     from api.export_jobs import ExportRunner
 
     runner = ExportRunner(app.state.services)
+    gate = app.state.services.job_gate
+    if gate is not None:
+        runner.gate = lambda: gate("exports")
     runner.start()
     app.state.export_runner = runner
     housekeeping = denials.Housekeeping(app.state.services)  # denial summaries (api.denials)

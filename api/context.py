@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ class Services:
     settings: Settings
     db: Database
     clock: Clock
+    job_gate: Callable[[str], bool] | None = None
+    """In a cluster (nvr.cluster): True while this node holds the once-per-cluster job's lease (the export runner
+    runs only then); None runs every job here."""
 
     def now_us(self) -> int:
         """The time every access decision of the API is made at (and its audit events stamped with): the wall clock,

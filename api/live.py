@@ -32,8 +32,9 @@ from starlette.types import Receive, Scope, Send
 
 from api import audit, footage, grants
 from api.context import Ctx, Services
+from nvr import cluster
 from nvr.errors import Kind, NvrError
-from nvr.models import Grant
+from nvr.models import Grant, Node
 from nvr.recorder import live
 from nvr.recorder.live import LiveFeed, Viewer
 from storage import pins
@@ -73,10 +74,30 @@ def _feed(ctx: Ctx, camera_id: str) -> LiveFeed:
         )
     feed = hub.feed(camera_id)
     if feed is None:
+        other = _holder_elsewhere(ctx, camera_id)
+        if other is not None:
+            node_id, url = other
+            where = f" at {url}" if url else ""
+            raise NvrError(
+                Kind.FAILED_PRECONDITION,
+                "live_on_other_node",
+                f"camera {camera_id} is recorded by node {node_id}{where}; live view is served by that node",
+            )
         raise NvrError(
             Kind.FAILED_PRECONDITION, "camera_not_recording", "the camera is not recording now; try again later"
         )
     return feed
+
+
+def _holder_elsewhere(ctx: Ctx, camera_id: str) -> tuple[str, str | None] | None:
+    """(node id, API URL) of another node holding the camera's lease now (nvr.cluster), if one does."""
+    with ctx.db.session() as s:
+        now = cluster.db_now_us(s, ctx.services.clock.now_us)
+        holder = cluster.held_by(s, cluster.camera_resource(camera_id), now)
+        if holder is None or holder == (ctx.settings.node_id or cluster.default_node_id()):
+            return None
+        node = s.get(Node, holder)
+        return holder, None if node is None else node.api_url
 
 
 def _wait_init(viewer: Viewer, timeout_s: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+from collections.abc import Callable
 
 import uvicorn
 
@@ -15,9 +16,10 @@ from nvr.runtime import Runtime
 log = logging.getLogger(__name__)
 
 
-def serve(rt: Runtime) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn installs the handlers and returns when told to stop)."""
-    app = create_app(Services(rt.settings, rt.db, rt.clock))
+def serve(rt: Runtime, job_gate: Callable[[str], bool] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn installs the handlers and returns when told to stop). ``job_gate``: the
+    node's once-per-cluster job leases (nvr.cluster), for the export runner."""
+    app = create_app(Services(rt.settings, rt.db, rt.clock, job_gate))
     config = uvicorn.Config(
         app,
         host=rt.settings.api_host,

@@ -86,10 +86,11 @@ THREADS = 2
 # --- which files are segments (the layout facts of storage.layout / storage.volumes, which integrity may not import)
 SEGMENT_SUFFIXES = (".mp4", ".mov")
 """storage.layout.SUFFIXES: a finished segment file ends with one of these."""
-IN_PROGRESS_SUFFIXES = (".partial", ".json", ".corrupt", ".recovering", ".key")
+IN_PROGRESS_SUFFIXES = (".partial", ".json", ".corrupt", ".recovering", ".key", ".fenced")
 """A segment being written (``.partial``), its journal (``.json``) and what start-up recovery moved aside for a
-person to look at (``.partial.corrupt``), and an encrypted segment's wrapped data key (``.key``, storage.keyring;
-checked beside its segment instead): none of them is a segment a row must name."""
+person to look at (``.partial.corrupt``), an encrypted segment's wrapped data key (``.key``, storage.keyring;
+checked beside its segment instead), and a segment refused because its node lost the camera's lease (``.fenced``,
+nvr.cluster; reported when it happened): none of them is a segment a row must name."""
 VOLUME_IDENTITY_FILE = ".nvr-volume.json"
 """storage.volumes.IDENTITY_FILE: a mounted volume carries it at its top."""
 NOT_SEGMENT_DIRS = ("lost+found",)

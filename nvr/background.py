@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,18 @@ class BackgroundLoop:
         with self._done:
             return self._done.wait_for(lambda: self.passes >= n, timeout)
 
+    gate: Callable[[], bool] | None = None
+    """When set (nvr.cluster: this node holds the job's lease), a round runs only while it says True; otherwise
+    the loop looks again after ``gate_retry_seconds``. So a once-per-cluster job runs on one node at a time."""
+    gate_retry_seconds = 2.0
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
             try:
+                if self.gate is not None and not self.gate():
+                    self._wake.wait(self.gate_retry_seconds)
+                    continue
                 wait = self.step()
             except Exception as exc:
                 wait = self.failed(exc)

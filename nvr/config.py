@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     master_key_dir: Path | None = None
     """Where the master keys of encryption at rest live; unset means ``<data_dir>/master-keys``. Keep it off the
     footage volumes, readable by the service only, and backed up: without its keys encrypted footage is lost."""
+    node_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    """This process's node id in a cluster (nvr.cluster); unset means the host name. Unique per live node."""
+    node_labels: list[str] = Field(default_factory=list)
+    """Placement labels of this node (e.g. ``site:north``): a camera pinned to a label is recorded only by nodes
+    carrying it (``nvr node pin``)."""
+    node_api_url: str | None = None
+    """The base URL other nodes and clients reach this node's API at (shown by ``nvr node list``)."""
+    lease_timeout_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
+    """A node that stops heartbeating loses its camera and job leases after this long; live nodes then take them."""
     checkpoint_interval_minutes: float = Field(default=10.0, gt=0, le=1440)
     """How often the server writes a signed checkpoint of every camera's chain head and the audit log's head."""
     trusted_key_fingerprints: list[str] = Field(default_factory=list)

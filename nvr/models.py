@@ -95,6 +95,9 @@ class Volume(Base):
     """``on`` when new segments on this volume are encrypted at rest (storage.crypt), None for plain files. Each
     segment is encrypted with the cipher of the suite active when it starts and its row records which; the volume's
     identity file carries the same mark (storage.volumes.mark_encrypted)."""
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The node that writes to this volume (nvr.cluster); another node started with it configured is refused. None
+    until a node first records to it."""
 
 
 class Segment(Base):
@@ -736,3 +739,44 @@ class OidcLink(Base):
     """Set while one request renews the access token with the refresh token, so that only one does."""
     state: Mapped[str] = mapped_column(String(20))
     state_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Node(Base):
+    """One recorder/API process (nvr.cluster): its id (the ``node_id`` setting, unique in the cluster), the instance
+    (random per start, so a second process started with the same id is told apart and refused), its heartbeat in the
+    database's own time, and the base URL other nodes and clients reach its API at."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instance: Mapped[str] = mapped_column(String(36))
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    api_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    labels: Mapped[str] = mapped_column(Text, default="")
+    """Comma-separated placement labels (e.g. ``site:north``) a camera's placement may name."""
+    state: Mapped[str] = mapped_column(String(20))
+    """``running`` or ``stopped`` (a graceful stop); a running node whose heartbeat is old is dead."""
+    started_us: Mapped[int] = mapped_column(BigInteger)
+    heartbeat_us: Mapped[int] = mapped_column(BigInteger)
+    cameras: Mapped[int] = mapped_column(Integer, default=0)
+    """How many camera leases it held at its last heartbeat (its load)."""
+    clock_skew_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Its wall clock minus the database's, at its last heartbeat."""
+    lease_timeout_us: Mapped[int] = mapped_column(BigInteger, default=15_000_000)
+    """Its lease timeout: it counts as dead once its heartbeat is older than this (whatever a reader's setting)."""
+
+
+class Lease(Base):
+    """Who may do one thing now (nvr.cluster): record a camera (``camera:<id>``) or run a once-per-cluster job
+    (``job:<name>``). ``token`` grows by one at every acquisition and never goes back: it is the fencing token a
+    segment insert checks in its transaction, so a node that lost the lease (paused, partitioned) cannot register
+    what it wrote meanwhile. Times are the database's."""
+
+    __tablename__ = "leases"
+    resource: Mapped[str] = mapped_column(String(200), primary_key=True)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    token: Mapped[int] = mapped_column(BigInteger, default=0)
+    acquired_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_us: Mapped[int] = mapped_column(BigInteger, default=0)
+    placement: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """For a camera: comma-separated node ids or labels it may be recorded on (None: any node)."""

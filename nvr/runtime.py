@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nvr.clock import Clock, SystemClock
+from nvr.cluster import Membership, NodeSpec, default_node_id
 from nvr.config import Settings, load_settings
 from nvr.db import Database
 from nvr.recorder import live
@@ -100,7 +101,14 @@ class Runtime:
             database_id=self.db.database_id(),
             volumes=infos,
             live=self.live,
+            membership=self.membership(),
         )
+
+    def membership(self) -> Membership:
+        """This process as a node of the cluster (nvr.cluster), from the ``node_*`` settings."""
+        s = self.settings
+        spec = NodeSpec(s.node_id or default_node_id(), s.node_api_url, tuple(s.node_labels))
+        return Membership(self.db, spec, int(s.lease_timeout_seconds * 1_000_000), self.clock.now_us)
 
     def prepare_encryption(self, infos: list[vol.VolumeInfo]) -> list[vol.VolumeInfo]:
         """With ``encryption_at_rest`` every configured volume becomes an encrypted one for good; the first master key

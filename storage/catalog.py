@@ -6,12 +6,13 @@ import json
 import logging
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, bindparam, insert, literal_column, select, union_all, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, literal_column, select, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import BindParameter
 
 from integrity import chain
+from nvr.cluster import check_fence
 from nvr.errors import Kind, NvrError
 from nvr.models import Camera, CameraChainHead, Checkpoint, RetentionPolicy, Segment, SegmentTombstone
 
@@ -95,6 +96,8 @@ def register_segment(
     hash_alg: str = "sha256",
     plain_digest: str | None = None,
     encryption: str | None = None,
+    fence: tuple[str, int] | None = None,
+    fence_end_us: int | None = None,
 ) -> Segment:
     """Insert the next row of the camera's chain. Runs inside the caller's transaction; flushes, never commits.
 
@@ -108,7 +111,23 @@ def register_segment(
     ``sha256`` is the digest of the stored bytes under ``hash_alg`` (``sha256`` or ``sm3``); an encrypted segment
     also gives its plaintext's ``plain_digest`` (same algorithm) and its ``encryption`` (cipher). A camera's first
     segment starts from the genesis of its own algorithm.
+
+    ``fence`` = (node id, lease token) the recorder held when the segment began (nvr.cluster.check_fence): checked
+    first, in this transaction, so a node that lost the camera's lease meanwhile gets ``lease_lost`` and no row.
+    ``fence_end_us`` (start-up recovery): the segment may still be registered if it ended before the camera's new
+    holder acquired it, i.e. it overlaps nothing recorded since.
     """
+    if fence is not None:
+        last_end = session.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == camera_id))
+        check_fence(
+            session,
+            camera_id,
+            fence,
+            start_us + media_duration_us if fence_end_us is None else fence_end_us,
+            recovered=fence_end_us is not None,
+            start_us=start_us,
+            last_end_us=last_end,
+        )
     heads = _heads(session, camera_id)
     head_seq, head_link = newest(heads, camera_id, hash_alg)
     end_us = start_us + media_duration_us

@@ -57,6 +57,14 @@ class Journal:
     """The algorithm the segment is hashed with; journals written before suites existed load as SHA-256."""
     encryption: str | None = None
     """The cipher of an encrypted segment (its data key is in the sidecar written before the media file)."""
+    node_id: str | None = None
+    lease_token: int | None = None
+    """The node and camera lease token the segment was begun under (nvr.cluster): recovery registers it only
+    under that fence."""
+
+    @property
+    def fence(self) -> tuple[str, int] | None:
+        return None if self.node_id is None or self.lease_token is None else (self.node_id, self.lease_token)
 
     def dump(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
@@ -108,6 +116,7 @@ class SegmentWriter:
         container_format: str = "mp4",
         hash_alg: str = DEFAULT_HASH,
         encryption: tuple[str, MasterKey] | None = None,
+        fence: tuple[str, int] | None = None,
     ) -> None:
         """``encryption`` is (cipher, master key) to encrypt at rest: a fresh data key, wrapped under the master key
         in the segment's sidecar, written and fsynced right after the journal and before the first media byte."""
@@ -134,6 +143,8 @@ class SegmentWriter:
             rel_path=str(self.final.relative_to(volume.path)),
             hash_alg=hash_alg,
             encryption=encryption[0] if encryption else None,
+            node_id=fence[0] if fence else None,
+            lease_token=fence[1] if fence else None,
         )
         _write_durably(self.journal_path, self.journal.dump())
         self._file: HashingWriter | EncryptingWriter

@@ -4,7 +4,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOUNDATION = {"nvr.config", "nvr.clock", "nvr.errors", "nvr.db", "nvr.models", "nvr.registry", "nvr.status"}
+FOUNDATION = {
+    "nvr.config",
+    "nvr.clock",
+    "nvr.errors",
+    "nvr.db",
+    "nvr.models",
+    "nvr.registry",
+    "nvr.status",
+    "nvr.cluster",
+}
 # module prefix -> prefixes it must not import
 FORBIDDEN = {
     "nvr.foundation": (

@@ -22,6 +22,7 @@ from integrity import trusted_time
 from integrity.scrubber import metric_families
 from integrity.trusted_time import ClockStatus
 from nvr.clock import parse_iso
+from nvr.cluster import cluster_view
 from nvr.models import Camera, RecorderState, Segment
 from nvr.status import STALE_US, CameraStatus, all_status
 from storage.alarms import StorageAlarms, storage_alarms
@@ -79,6 +80,17 @@ def system_health(ctx: Annotated[Ctx, Depends(requires("system.health", "system.
         ctx.record(s, audit.Event("system.health", "allowed", reason=",".join(codes) or "ok"))
     alert_counts = {"open": sum(by_rule.values()), "by_rule": by_rule}
     return {"status": "degraded" if codes else "ok", **found.as_dict(), "alarms": codes, "alerts": alert_counts}
+
+
+@router.get("/nodes")
+def nodes(ctx: Annotated[Ctx, Depends(requires("system.nodes", "system.monitor"))]) -> dict[str, Any]:
+    """The recorder nodes sharing this database (nvr.cluster), as ``nvr node list --json`` shows them: each node's
+    state (``alive``, ``dead``: no heartbeat within the lease timeout, ``stopped``), load and clock skew, and who
+    holds each camera and job lease with its fencing token."""
+    with ctx.db.session() as s:
+        view = cluster_view(s, int(ctx.settings.lease_timeout_seconds * 1_000_000), ctx.services.clock.now_us)
+        ctx.record(s, audit.Event("system.nodes", "allowed"))
+    return view
 
 
 # Gaps caused on this side (no room, a missing volume, the recorder itself stopped or failing): the camera was

@@ -20,6 +20,7 @@ from nvr.cli import (  # noqa: F401  (each registers its commands)
     integrity,
     keys,
     locks,
+    nodes,
     policies,
     serve,
     sweep,

@@ -93,12 +93,28 @@ def _sweeper_and_recorder(rt: Any) -> tuple[list[Any], Any]:
 
     sweeper = SweepScheduler(rt.db, rt.settings, rt.clock, trusted=rt.trusted)
     ctx = rt.recorder_context()
+    if ctx.membership is not None:
+        ctx.membership.join()  # refused (id in use, SQLite with another node, clock skew) before anything starts
     ctx.on_storage_full = sweeper.wake
-    sweeper.start()
-    return [sweeper, *_integrity_services(rt, scrub=True)], ctx
+    services = [sweeper, *_integrity_services(rt, scrub=True, start=False)]
+    if ctx.membership is not None:
+        # Once per cluster: the node holding each job's lease runs it (nvr.cluster); the others stand by.
+        for service, job in zip(services, ("sweeper", "checkpoints", "scrubber"), strict=False):
+            service.gate = _job_gate(ctx.membership, job)
+            service.gate_retry_seconds = min(2.0, rt.settings.lease_timeout_seconds / 4)
+    for service in services:
+        service.start()
+    return services, ctx
 
 
-def _integrity_services(rt: Any, scrub: bool) -> list[Any]:
+def _job_gate(membership: Any, job: str) -> Any:
+    def holds() -> bool:
+        return membership.job(job) is not None
+
+    return holds
+
+
+def _integrity_services(rt: Any, scrub: bool, start: bool = True) -> list[Any]:
     """Signed checkpoints on their schedule (every process that writes footage or audit events), and the
     background scrubber (where the recorder runs: it reads the disks)."""
     from integrity.checkpoints import CheckpointScheduler
@@ -108,8 +124,9 @@ def _integrity_services(rt: Any, scrub: bool) -> list[Any]:
         from integrity.scrubber import Scrubber
 
         started.append(Scrubber(rt.db, rt.settings, rt.clock))
-    for service in started:
-        service.start()
+    if start:
+        for service in started:
+            service.start()
     return started
 
 
@@ -139,8 +156,9 @@ def serve(demo: Annotated[bool, typer.Option("--demo", help="Also run the built-
     sup.start()
     log.info("server running; recording %d camera(s); data folder %s", len(sup.workers), rt.settings.data_dir)
     _hint_first_admin(rt)
+    m = ctx.membership
     try:
-        serve_api(rt)
+        serve_api(rt, job_gate=None if m is None else (lambda job: m.job(job) is not None))
     finally:
         sup.stop()
         _stop_all(background)

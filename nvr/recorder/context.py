@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 
 from integrity import audit_log, suites
 from nvr.clock import Clock
+from nvr.cluster import Membership
 from nvr.config import Settings
 from nvr.db import Database
 from nvr.errors import Kind, NvrError
@@ -33,6 +34,9 @@ class RecorderContext:
     """Called when a worker finds no volume with room (``nvr serve`` wakes the sweeper with it)."""
     live: LiveHub | None = None
     """Where the workers publish their packets for live viewers (nvr.recorder.live); None: no live view."""
+    membership: Membership | None = None
+    """This process as a cluster node (nvr.cluster): which cameras it may record, under which lease tokens. None:
+    record every active camera without fencing (tests and tools that drive a recorder directly)."""
     _last_hash_alg: str = field(default=suites.DEFAULT_HASH, init=False, repr=False)
 
     def hash_alg(self) -> str:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 from sqlalchemy import select
 
+from integrity import audit_log
 from integrity.hashing import file_digest
 from nvr.errors import NvrError
 from nvr.models import Segment
@@ -115,11 +116,41 @@ def recover_journal(ctx: RecorderContext, journal_path: Path) -> str:
                 log.warning("recovery: %s was complete but not yet renamed; kept whole", final)
     if has_row is None and final.exists():
         frames, duration_us = probe(final)
-        _register(ctx, j, volume.id, final, frames, duration_us, None, recovered)
-        outcome = "recovered" if recovered else "registered"
+        outcome = _register(ctx, j, volume.id, final, frames, duration_us, None, recovered)
     journal_path.unlink(missing_ok=True)
     fsync_dir(journal_path.parent)
     return outcome
+
+
+FENCED_SUFFIX = ".fenced"
+
+
+def fence_file(ctx: RecorderContext, j: Journal, final: Path, why: str) -> Path:
+    """A finished segment refused because its node lost the camera's lease (nvr.cluster.check_fence): renamed to
+    ``<name>.fenced`` beside where it was (never deleted: it is footage, for a person to look at), reported as a
+    camera event and an audit event. Its row never exists, so the chain the new holder writes stays the only one."""
+    aside = final.with_name(final.name + FENCED_SUFFIX)
+    os.rename(final, aside)
+    fsync_dir(final.parent)
+    detail = f"{final.name} kept as {aside.name}: {why}"
+    log.error("camera %s: segment fenced: %s", j.camera_id, detail)
+    ctx.event(j.camera_id, "segment_fenced", detail)
+    with ctx.db.session() as s:
+        audit_log.record(
+            s,
+            ctx.clock.now_us(),
+            audit_log.SYSTEM,
+            audit_log.INTERNAL,
+            audit_log.Event(
+                "recorder.segment_fenced",
+                "failed",
+                camera_id=j.camera_id,
+                window_start_us=j.start_us,
+                object_id=str(aside),
+                reason=detail,
+            ),
+        )
+    return aside
 
 
 def _quarantine(path: Path, why: str) -> None:
@@ -191,8 +222,7 @@ def _register_encrypted(
     reader = crypt.DecryptingReader(final, key)
     with segment_io.PlainView(reader) as view:
         frames, duration_us = probe(view)  # type: ignore[arg-type]
-    _register(ctx, j, volume_id, final, frames, duration_us, reader.plain_digest(j.hash_alg), recovered)
-    return "recovered" if recovered else "registered"
+    return _register(ctx, j, volume_id, final, frames, duration_us, reader.plain_digest(j.hash_alg), recovered)
 
 
 def _register(
@@ -204,29 +234,17 @@ def _register(
     duration_us: int,
     plain_digest: str | None,
     recovered: bool,
-) -> None:
-    """Insert the recovered file's row (its digest of the stored bytes computed now) and seal it under a hold."""
-    with ctx.db.session() as s:
-        row = catalog.register_segment(
-            s,
-            camera_id=j.camera_id,
-            volume_id=volume_id,
-            rel_path=j.rel_path,
-            start_us=j.start_us,
-            media_duration_us=duration_us,
-            size=final.stat().st_size,
-            frames=frames,
-            codecs=j.codecs,
-            clock_offset_us=j.clock_offset_us,
-            sha256=file_digest(final, j.hash_alg),
-            hash_alg=j.hash_alg,
-            plain_digest=plain_digest,
-            encryption=j.encryption,
-            recovered=recovered,
-            now_us=ctx.clock.now_us(),
-            floor_days=ctx.settings.retention_floor_days,
-        )
-        holds.seal_new_segment(s, j.camera_id, row.start_us, row.end_us, final)
+) -> str:
+    """Insert the recovered file's row (its digest of the stored bytes computed now) and seal it under a hold.
+    Under the journal's lease fence: a file the camera's new holder has recorded past is fenced, not registered."""
+    try:
+        with ctx.db.session() as s:
+            row = _insert(ctx, s, j, volume_id, final, frames, duration_us, plain_digest, recovered)
+    except NvrError as exc:
+        if exc.code != "lease_lost":
+            raise
+        fence_file(ctx, j, final, exc.message)
+        return "fenced"
     log.warning(
         "recovery: registered %s%s as segment %d of camera %s (%d frames, %.3f s)%s",
         "encrypted " if j.encryption else "",
@@ -237,6 +255,43 @@ def _register(
         duration_us / 1e6,
         " after cutting it back" if recovered else "",
     )
+    return "recovered" if recovered else "registered"
+
+
+def _insert(
+    ctx: RecorderContext,
+    s: Any,
+    j: Journal,
+    volume_id: str,
+    final: Path,
+    frames: int,
+    duration_us: int,
+    plain_digest: str | None,
+    recovered: bool,
+) -> Any:
+    row = catalog.register_segment(
+        s,
+        camera_id=j.camera_id,
+        volume_id=volume_id,
+        rel_path=j.rel_path,
+        start_us=j.start_us,
+        media_duration_us=duration_us,
+        size=final.stat().st_size,
+        frames=frames,
+        codecs=j.codecs,
+        clock_offset_us=j.clock_offset_us,
+        sha256=file_digest(final, j.hash_alg),
+        hash_alg=j.hash_alg,
+        plain_digest=plain_digest,
+        encryption=j.encryption,
+        recovered=recovered,
+        now_us=ctx.clock.now_us(),
+        floor_days=ctx.settings.retention_floor_days,
+        fence=j.fence,
+        fence_end_us=j.start_us + duration_us,
+    )
+    holds.seal_new_segment(s, j.camera_id, row.start_us, row.end_us, final)
+    return row
 
 
 def recover_all(ctx: RecorderContext) -> dict[str, int]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import av
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from nvr.errors import Kind, NvrError
 from nvr.models import CameraStateChange
@@ -40,6 +41,8 @@ MP4_AUDIO = ("aac", "mp3", "opus", "ac3", "eac3", "alac", "flac", "pcm_s16le", "
 # the same fragmented layout, so such cameras are recorded as .mov instead of losing their audio.
 MOV_AUDIO = ("pcm_alaw", "pcm_mulaw")
 HEARTBEAT_S = 5.0
+DB_AWAY = (OperationalError, InterfaceError)
+"""What a database that went away (restarted, unreachable) raises; recording continues to journals meanwhile."""
 # A run shorter than this does not reset the backoff: a camera that accepts and drops at once is still failing.
 STABLE_RUN_S = 30.0
 
@@ -96,11 +99,15 @@ def _annexb_parameter_sets(data: bytes, codec: str) -> bytes:
 
 
 class CameraWorker(threading.Thread):
-    def __init__(self, ctx: RecorderContext, camera_id: str, url: str) -> None:
+    def __init__(self, ctx: RecorderContext, camera_id: str, url: str, fence: tuple[str, int] | None = None) -> None:
         super().__init__(name=f"rec-{camera_id}", daemon=True)
         self.ctx = ctx
         self.camera_id = camera_id
         self.url = url
+        self.fence = fence
+        """(node id, lease token) this worker records the camera under (nvr.cluster); every segment row checks it."""
+        self.fenced = False
+        """Set when a segment was refused because the lease moved to another node: the worker stops for good."""
         self.stop_event = threading.Event()
         self.state = "reconnecting"
         self.segments_written = 0
@@ -119,6 +126,10 @@ class CameraWorker(threading.Thread):
     # --- thread entry -------------------------------------------------------------------------------------
     def stop(self) -> None:
         self.stop_event.set()
+
+    def pending_journals(self) -> list[Path]:
+        """After the thread ended: the journals of segments it could not register (oldest first)."""
+        return list(self._pending)
 
     def run(self) -> None:
         s = self.ctx.settings
@@ -141,6 +152,10 @@ class CameraWorker(threading.Thread):
                 reason_code, reason = self._run_once()
                 state = "reconnecting"
             except NvrError as exc:  # volumes: identity missing, storage full
+                if exc.code == "lease_lost":
+                    self.fenced = True
+                    log.error("camera %s: %s; this node stops recording it", self.camera_id, exc.message)
+                    break
                 reason_code, reason, state = exc.code, exc.message, "error"
                 log.error("camera %s: %s", self.camera_id, exc.message)
                 self.ctx.event(self.camera_id, exc.code, exc.message)
@@ -169,7 +184,10 @@ class CameraWorker(threading.Thread):
             if self.stop_event.wait(backoff):
                 break
             backoff = min(backoff * 2, s.reconnect_max_seconds)
-        self._close_segment()
+        try:
+            self._close_segment()
+        except Exception as exc:  # the supervisor retries what is left in _pending (pending_journals)
+            log.warning("camera %s: segment left for the supervisor to register (%s)", self.camera_id, exc)
         self._set_state("offline", "recorder stopped")
 
     # --- one connection -----------------------------------------------------------------------------------
@@ -325,6 +343,7 @@ class CameraWorker(threading.Thread):
                         container_format=fmt,
                         hash_alg=hash_alg,
                         encryption=self.ctx.encryption_for(volume, hash_alg),
+                        fence=self.fence,
                     )
                     self._segment = _Open(writer, dts, media_us)
                     if seg is None:
@@ -403,14 +422,33 @@ class CameraWorker(threading.Thread):
             # The anchor only ever moves earlier by jitter-sized amounts; keep the run's segments touching.
             start_us = self._run_prev_end
         try:
-            self._drain_pending()
             done = seg.writer.finish()
         except Exception:
             seg.writer.abort()
             self._pending.append(seg.writer.journal_path)
             raise
         try:
+            self._drain_pending()
             self._register(seg, done, start_us, duration_us, run_offset)
+        except NvrError as exc:
+            if exc.code != "lease_lost":
+                self._pending.append(seg.writer.journal_path)
+                raise
+            self._set_fenced(seg, done, exc)
+            raise
+        except DB_AWAY as exc:
+            # The database is away: the file is complete and its journal stays; recording goes on, and the rows
+            # are back-filled in order (journal by journal) once the database answers again.
+            self._pending.append(seg.writer.journal_path)
+            log.warning(
+                "camera %s: database unavailable (%s); %s kept with its journal, %d segment(s) waiting for rows",
+                self.camera_id,
+                type(exc).__name__,
+                done.rel_path,
+                len(self._pending),
+            )
+            self._run_prev_end = start_us + max(duration_us, 0)
+            return
         except Exception:
             self._pending.append(seg.writer.journal_path)
             raise
@@ -442,11 +480,19 @@ class CameraWorker(threading.Thread):
                 recovered=False,
                 now_us=self.ctx.clock.now_us(),
                 floor_days=self.ctx.settings.retention_floor_days,
+                fence=self.fence,
             )
             # An open-ended evidence hold keeps catching new footage: its files are read-only from the start.
             holds.seal_new_segment(
                 sess, self.camera_id, start_us, start_us + max(duration_us, 0), seg.writer.volume.path / done.rel_path
             )
+
+    def _set_fenced(self, seg: _Open, done: FinishedFile, exc: NvrError) -> None:
+        """The lease moved while this segment was written: keep the file aside (``.fenced``), say so, no row."""
+        from nvr.recorder.recovery import fence_file  # the same handling as a fenced journal at start-up
+
+        fence_file(self.ctx, seg.writer.journal, seg.writer.volume.path / done.rel_path, exc.message)
+        seg.writer.remove_journal()
 
     def _close_segment(self) -> None:
         """After a failure mid-segment: stop writing and let recovery keep every complete fragment."""
@@ -495,7 +541,10 @@ class CameraWorker(threading.Thread):
 
     def _set_state(self, state: str, reason: str | None) -> None:
         self.state = state
-        self.ctx.set_state(self.camera_id, state, reason)
+        try:
+            self.ctx.set_state(self.camera_id, state, reason)
+        except DB_AWAY as exc:  # the status board waits; the footage does not
+            log.warning("camera %s: state %s not saved, database unavailable (%s)", self.camera_id, state, exc)
 
     def __repr__(self) -> str:
         return f"CameraWorker({self.camera_id}, {redact_url(self.url)}, {self.state})"
