@@ -319,6 +319,7 @@ def _assert_fenced(
     )
     events = [e for e in c.camera_events("segment_fenced") if e.camera_id in moved]
     audits = [e for e in c.audit_events("recorder.segment_fenced") if e.camera_id in moved]
+    fenced = fenced_files()  # again: a cut-off node may fence several queued segments, one after another
     for e in events:
         names = [f.name.split(".")[0] for f in fenced[e.camera_id]]
         assert victim in e.detail and any(n in e.detail for n in names), (

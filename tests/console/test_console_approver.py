@@ -60,6 +60,11 @@ def test_approver_approves_one_request_and_rejects_another_with_a_reason(console
     row.find_element(By.CSS_SELECTOR, "input.reason").send_keys("no case behind it")
     row.find_element(By.CSS_SELECTOR, "button.reject").click()
     console.text_appears("rejected", "#banner")
+    # The queue re-renders after the decision: wait for it, or the CASE-1 row found now goes stale under us.
+    poll(
+        lambda: all("CASE-2" not in tr.text for tr in console.find_all("#access-table tbody tr")),
+        "the rejected request to leave the queue",
+    )
     row = _row(console, "#access-table", "CASE-1")
     console.screenshot("approver-approvals")
     row.find_element(By.CSS_SELECTOR, "input.reason").send_keys("case file checked")
