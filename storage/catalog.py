@@ -118,7 +118,12 @@ def register_segment(
     holder acquired it, i.e. it overlaps nothing recorded since.
     """
     if fence is not None:
-        last_end = session.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == camera_id))
+        # Only a recovered file's exception needs the camera's newest end: not a query per live insert.
+        last_end = (
+            session.scalar(select(func.max(Segment.end_us)).where(Segment.camera_id == camera_id))
+            if fence_end_us is not None
+            else None
+        )
         check_fence(
             session,
             camera_id,

@@ -63,7 +63,6 @@ of its bytes is produced, then trimmed to the range. :func:`fingerprint` hashes 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -211,7 +210,7 @@ def _open_checked(seg: SegmentRef) -> BinaryIO:
         f.close()
         key = _data_key(seg)
         try:
-            return io.BufferedReader(segment_io.PlainView(crypt.DecryptingReader(seg.path, key)), 256 << 10)  # type: ignore[return-value]
+            return segment_io.open_view(seg.path, key)
         except NvrError as exc:
             raise _damaged(seg, "hash_mismatch", f"{exc.code}: {exc.message}") from None
     return f

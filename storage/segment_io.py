@@ -105,6 +105,11 @@ def open_plain(path: Path, encryption: str | None, keyring: Keyring | None, name
     if encryption is None:
         return open(path, "rb")
     _cipher, key = data_key(path, keyring, name)
+    return open_view(path, key)
+
+
+def open_view(path: Path, key: bytes) -> BinaryIO:
+    """The buffered plaintext view of an encrypted segment, given its data key."""
     return io.BufferedReader(PlainView(crypt.DecryptingReader(path, key)), buffer_size=256 << 10)  # type: ignore[return-value]
 
 

@@ -18,8 +18,10 @@ from sqlalchemy.engine import make_url
 
 from nvr.config import Settings
 from nvr.db import Database
+from nvr.demo.pattern import Pattern, encode_pattern
 from nvr.recorder.supervisor import Supervisor
 from nvr.runtime import Runtime
+from tests.support.recording import FPS, GOP_S
 
 # Not NVR_-prefixed on purpose: the product refuses unknown NVR_ variables.
 PG_URL = os.environ.get("TEST_DATABASE_URL")
@@ -108,6 +110,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture(scope="session")
+def pattern(tmp_path_factory: pytest.TempPathFactory) -> Pattern:
+    """The demo camera's clip (320x180, 25 fps, a keyframe a second), encoded once per test process: what the
+    recorder and cluster tests' demo RTSP servers send."""
+    return encode_pattern(
+        width=320,
+        height=180,
+        fps=FPS,
+        gop_seconds=GOP_S,
+        seconds=2,
+        bitrate=300_000,
+        cache_dir=tmp_path_factory.mktemp("pattern"),
+    )
 
 
 @pytest.fixture

@@ -19,25 +19,12 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from nvr.demo.pattern import Pattern, encode_pattern
+from nvr.demo.pattern import Pattern
 from nvr.demo.rtsp import DemoRtspServer
 from nvr.runtime import Runtime
 from tests.support.api_server import free_port
 from tests.support.cluster import CAMERAS, Cluster, TcpProxy
-from tests.support.recording import FPS, GOP_S, add_camera
-
-
-@pytest.fixture(scope="session")
-def pattern(tmp_path_factory: pytest.TempPathFactory) -> Pattern:
-    return encode_pattern(
-        width=320,
-        height=180,
-        fps=FPS,
-        gop_seconds=GOP_S,
-        seconds=2,
-        bitrate=300_000,
-        cache_dir=tmp_path_factory.mktemp("pattern"),
-    )
+from tests.support.recording import add_camera
 
 
 @pytest.fixture
